@@ -1,0 +1,3 @@
+from lmrnn.cli import app
+
+app(prog_name="lmrnn")

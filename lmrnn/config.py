@@ -1,0 +1,296 @@
+"""Run configuration: typed dataclasses, YAML load/save, and `--set key.path=value` overrides.
+
+Precedence (lowest first): dataclass defaults < YAML file < `-s/--set` overrides < dedicated
+CLI flags (DATA, --cell). Every key is checked: an unknown key is an error naming the closest
+valid one, and every value is coerced to its annotated type (PyYAML reads `1e-3` as a string).
+
+This module imports neither torch nor anything else from lmrnn but `errors`, so `lmrnn --help`
+stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from lmrnn.errors import UserError
+
+Cell = Literal["rnn", "rnn_relu", "lstm", "gru"]
+
+
+@dataclass
+class DataConfig:
+    # A text file, a folder of .txt files (train/valid/test.txt are used as splits), a folder of
+    # json/csv/parquet files, or a Hugging Face dataset `name[:config]`. "" = the shipped corpus.
+    source: str = ""
+    text_column: str = "text"  # the column holding text, for datasets with several
+    valid_fraction: float = 0.05  # used only when the data has no validation split of its own
+    test_fraction: float = 0.05  # likewise for test; the split is contiguous, by document
+    cache_dir: str = ""  # token-id cache; "" = $LMRNN_CACHE or ~/.cache/lmrnn
+
+    def __post_init__(self) -> None:
+        for key in ("valid_fraction", "test_fraction"):
+            if not 0.0 < getattr(self, key) < 0.5:
+                raise UserError(f"data.{key} must be between 0 and 0.5, got {getattr(self, key)}")
+
+
+@dataclass
+class TokenizerConfig:
+    model_type: Literal["bpe", "unigram", "char", "word"] = "bpe"
+    vocab_size: int = 1000  # capped with a warning when the corpus cannot fill it
+    character_coverage: float = 1.0  # SentencePiece's name; 1.0 keeps every character
+    byte_fallback: bool = True  # unseen characters become UTF-8 byte pieces, never <unk>
+    input_sentence_size: int = 1_000_000  # lines sampled to train the tokenizer; 0 = all
+    path: str = ""  # an existing tokenizer.model (from `lmrnn tokenizer train`) to reuse
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < 4:
+            raise UserError(f"tokenizer.vocab_size must be at least 4, got {self.vocab_size}")
+        if not 0.9 <= self.character_coverage <= 1.0:
+            raise UserError("tokenizer.character_coverage must be between 0.9 and 1.0")
+        if self.input_sentence_size < 0:
+            raise UserError("tokenizer.input_sentence_size must be >= 0 (0 = all lines)")
+
+
+@dataclass
+class ModelConfig:
+    cell: Cell = "lstm"  # rnn = Elman RNN with tanh; rnn_relu = with ReLU
+    embedding_dim: int = 256
+    hidden_size: int = 256
+    num_layers: int = 2
+    dropout: float = 0.25  # on embeddings, between layers and before the decoder (Zaremba 2014)
+    tie_weights: bool = True  # decoder shares the embedding matrix (Press & Wolf 2016)
+    vocab_size: int = 0  # derived from the tokenizer when training starts
+
+    def __post_init__(self) -> None:
+        for key in ("embedding_dim", "hidden_size", "num_layers"):
+            if getattr(self, key) < 1:
+                raise UserError(f"model.{key} must be >= 1, got {getattr(self, key)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 32  # B contiguous streams trained side by side
+    eval_batch_size: int = 16
+    bptt: int = 35  # window length T for truncated backpropagation through time
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 3e-3
+    momentum: float = 0.0  # sgd only
+    weight_decay: float = 0.0
+    clip_grad_norm: float = 1.0  # global L2 norm; 0 disables clipping
+    lr_schedule: Literal["constant", "cosine", "plateau"] = "cosine"
+    warmup_steps: int = 100  # linear warm-up, for every schedule
+    min_lr_ratio: float = 0.1  # cosine ends at lr * min_lr_ratio
+    plateau_factor: float = 4.0  # plateau: divide lr by this when validation does not improve
+    epochs: int = 10  # stop limits: whichever comes first; 0 disables that limit
+    max_steps: int = 0
+    max_minutes: float = 0.0
+    eval_every: int = 500  # steps between validations (also at each epoch end); 0 = epoch ends
+    save_every: int = 200  # steps between train_state.pt saves for --resume; 0 = at evals only
+    log_every: int = 50
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on capable CUDA
+
+    def __post_init__(self) -> None:
+        for key in ("batch_size", "eval_batch_size", "bptt", "log_every"):
+            if getattr(self, key) < 1:
+                raise UserError(f"train.{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("epochs", "max_steps", "max_minutes", "eval_every", "save_every",
+                    "warmup_steps", "weight_decay", "clip_grad_norm", "momentum"):
+            if getattr(self, key) < 0:
+                raise UserError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+        if self.lr <= 0:
+            raise UserError(f"train.lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise UserError("train.min_lr_ratio must be in [0, 1]")
+        if self.plateau_factor < 1.0:
+            raise UserError("train.plateau_factor must be >= 1 (the lr is divided by it)")
+        if not (self.epochs or self.max_steps or self.max_minutes):
+            raise UserError("set at least one stop limit: train.epochs, train.max_steps or train.max_minutes")
+
+
+@dataclass
+class RunConfig:
+    seed: int = 1337
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto = CUDA, then MPS, then CPU
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# Keys that may change when a run is resumed: the budgets, so a finished run can be extended.
+RESUMABLE_KEYS = {"train.epochs", "train.max_steps", "train.max_minutes", "device"}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (),
+                flags: dict[str, Any] | None = None, base: dict | None = None) -> RunConfig:
+    """Build a RunConfig from `base` (a saved config) or `path` (a YAML preset), then
+    `overrides` ("key.path=value" strings), then `flags` (key path -> value, from dedicated CLI
+    flags). Raises UserError for a missing file, bad YAML, unknown key or ill-typed value."""
+    raw: dict = dict(base or {})
+    if path is not None:
+        raw = _read_yaml(Path(path))
+    for item in overrides:
+        key, sep, text = item.partition("=")  # split on the first '=' only: values may hold '='
+        if not sep or not key.strip():
+            raise UserError(f"override '{item}' must look like key.path=value")
+        leaf = _leaf_type(key.strip())
+        # str-typed values are taken verbatim; everything else is read as YAML (lists, numbers)
+        value = text if leaf is str or typing.get_origin(leaf) is Literal else _parse_yaml_value(text, key)
+        _set_path(raw, key.strip(), value)
+    for key, value in (flags or {}).items():
+        _leaf_type(key)
+        _set_path(raw, key, value)
+    return _build(RunConfig, raw, "")
+
+
+def config_to_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+
+
+def flatten(cfg: RunConfig) -> dict[str, Any]:
+    """{"model.hidden_size": 256, ...}: every leaf under its dotted key."""
+    out: dict[str, Any] = {}
+
+    def walk(node: dict, prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                out[prefix + key] = value
+
+    walk(dataclasses.asdict(cfg), "")
+    return out
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise UserError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{path} must hold a mapping of config sections, not a {type(raw).__name__}")
+    return raw
+
+
+def _parse_yaml_value(text: str, key: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise UserError(f"cannot read the value of {key}: {text!r}") from None
+
+
+def _fields(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _unknown_key(key: str, prefix: str, valid: list[str]) -> UserError:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(prefix + v for v in valid)}"
+    return UserError(f"unknown config key '{prefix}{key}'{hint}")
+
+
+def _leaf_type(dotted: str) -> Any:
+    """The annotated type at a dotted key path; UserError when the path names no leaf."""
+    cls: Any = RunConfig
+    parts = dotted.split(".")
+    for depth, part in enumerate(parts):
+        prefix = ".".join(parts[:depth]) + ("." if depth else "")
+        fields = _fields(cls)
+        if part not in fields:
+            raise _unknown_key(part, prefix, list(fields))
+        cls = fields[part]
+    if dataclasses.is_dataclass(cls):
+        raise UserError(f"'{dotted}' is a section; set one of its keys, e.g. {dotted}.{dataclasses.fields(cls)[0].name}")
+    return cls
+
+
+def _set_path(raw: dict, dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    node = raw
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[last] = value
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise UserError(f"config section '{prefix.rstrip('.')}' must be a mapping")
+    fields = _fields(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise _unknown_key(str(key), prefix, list(fields))
+        kind = fields[key]
+        if dataclasses.is_dataclass(kind):
+            kwargs[key] = _build(kind, value or {}, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, kind, prefix + key)
+    return cls(**kwargs)
+
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _coerce(value: Any, kind: Any, key: str) -> Any:
+    """Turn a YAML or command-line value into `kind`, or raise a UserError naming `key`."""
+    bad = UserError(f"{key} must be {_describe(kind)}, got {value!r}")
+    if typing.get_origin(kind) is Literal:
+        choices = typing.get_args(kind)
+        if str(value) not in choices:
+            raise UserError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+        return str(value)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE | _FALSE:
+            return text in _TRUE
+        raise bad
+    if kind is int:
+        if isinstance(value, bool):
+            raise bad
+        try:
+            number = float(value) if isinstance(value, str) else value
+            if isinstance(number, float):
+                if not number.is_integer():
+                    raise bad
+                return int(number)
+            if isinstance(number, int):
+                return number
+        except ValueError:
+            pass
+        raise bad
+    if kind is float:
+        if isinstance(value, bool):
+            raise bad
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise bad from None
+    if kind is str:
+        if isinstance(value, (dict, list)):
+            raise bad
+        return "" if value is None else str(value)
+    raise TypeError(f"no coercion for {kind}")  # a bug, not a user error
+
+
+def _describe(kind: Any) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(kind, str(kind))

@@ -1,0 +1,98 @@
+"""Exact negative log-likelihood of a whole split, and the figures derived from it.
+
+    ppl            = exp(NLL / tokens)          depends on the tokenizer
+    word_ppl       = exp(NLL / words)           words = whitespace words + one end-of-line per
+                                                line, the convention of published PTB results
+    bits_per_byte  = NLL / ln 2 / bytes         bytes = UTF-8 bytes + one newline per line
+
+The last two divide the same total NLL by counts that do not depend on the tokenizer, so runs
+with different tokenizers compare fairly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lmrnn import checkpoint
+from lmrnn.data import IGNORE_INDEX, Corpus, Split, batchify, load_split, windows
+from lmrnn.errors import UserError
+from lmrnn.models import RNNLM
+from lmrnn.runtime import autocast, resolve_device
+
+
+@dataclass
+class EvalResult:
+    run: str
+    split: str
+    tokens: int
+    words: int
+    bytes: int
+    nll: float  # total negative log-likelihood of the split, in nats
+    ppl: float
+    word_ppl: float
+    bits_per_byte: float
+    params: int
+    cell: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def evaluate_nll(model: RNNLM, x: torch.Tensor, y: torch.Tensor, bptt: int,
+                 amp_dtype: torch.dtype | None = None) -> tuple[float, int]:
+    """Summed NLL (nats) and target count over all of x, y (B, L), the hidden state carried
+    from window to window. Padded targets (IGNORE_INDEX) count neither way."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = torch.zeros((), dtype=torch.int64, device=device)
+    hidden = None
+    with torch.inference_mode():
+        for xw, yw in windows(x, y, bptt):
+            xw, yw = xw.to(device, non_blocking=True), yw.to(device, non_blocking=True)
+            with autocast(device, amp_dtype):
+                logits, hidden = model(xw, hidden)  # (B, T, V)
+            total += F.cross_entropy(logits.flatten(0, 1).float(), yw.flatten(),
+                                     ignore_index=IGNORE_INDEX, reduction="sum").double()
+            count += (yw != IGNORE_INDEX).sum()
+    model.train(was_training)
+    return total.item(), int(count.item())
+
+
+def score_split(model: RNNLM, split: Split, batch_size: int, bptt: int,
+                amp_dtype: torch.dtype | None = None) -> tuple[float, int]:
+    """Exact NLL of a split: every token predicted once (the last row padded, not trimmed)."""
+    x, y = batchify(split.ids, batch_size, pad=True)
+    nll, count = evaluate_nll(model, x, y, bptt, amp_dtype)
+    assert count == split.tokens, (count, split.tokens)
+    return nll, count
+
+
+def figures(nll: float, split: Split) -> dict[str, float]:
+    return {"ppl": _exp(nll / split.tokens), "word_ppl": _exp(nll / split.words),
+            "bits_per_byte": nll / math.log(2) / split.bytes}
+
+
+def _exp(value: float) -> float:
+    return math.exp(value) if value < 700 else math.inf
+
+
+def evaluate_run(run_dir: Path, split: str = "test", data: str | None = None,
+                 device: str = "auto") -> EvalResult:
+    """Score one run directory on a split of its own corpus, or of `data` with its tokenizer."""
+    torch_device = resolve_device(device)
+    model, tokenizer, cfg = checkpoint.load_run(run_dir, torch_device)
+    if data is not None:
+        cfg.data.source = data
+    text = load_split(Corpus(cfg.data), split, tokenizer)
+    if text.tokens < 1:
+        raise UserError(f"the {split} split of {cfg.data.source or 'the corpus'} is empty")
+    nll, tokens = score_split(model, text, cfg.train.eval_batch_size, cfg.train.bptt)
+    return EvalResult(run=str(run_dir), split=split, tokens=tokens, words=text.words, bytes=text.bytes,
+                      nll=nll, params=model.num_parameters(), cell=cfg.model.cell, **figures(nll, text))

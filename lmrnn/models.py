@@ -1,0 +1,77 @@
+"""RNNLM: embedding -> stacked RNN / LSTM / GRU -> dropout -> decoder, batch-first.
+
+The model knows nothing of tokenizers or corpora: it takes `vocab_size` and returns raw logits;
+the loss (F.cross_entropy) is computed outside it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lmrnn.config import ModelConfig
+
+Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # LSTM carries (h, c), others h
+
+
+class RNNLM(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.vocab_size < 1:
+            raise ValueError("ModelConfig.vocab_size must be set (from the tokenizer) before building")
+        self.cfg = cfg
+        E, H, V = cfg.embedding_dim, cfg.hidden_size, cfg.vocab_size
+        self.embedding = nn.Embedding(V, E)
+        # Dropout on the non-recurrent connections only: input, between layers, output
+        # (Zaremba, Sutskever & Vinyals 2014, "Recurrent Neural Network Regularization").
+        self.dropout = nn.Dropout(cfg.dropout)
+        cell = {"rnn": nn.RNN, "rnn_relu": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cfg.cell]
+        extra = {"nonlinearity": "relu" if cfg.cell == "rnn_relu" else "tanh"} if cell is nn.RNN else {}
+        self.rnn = cell(E, H, cfg.num_layers, batch_first=True,
+                        dropout=cfg.dropout if cfg.num_layers > 1 else 0.0, **extra)
+        # Weight tying (Press & Wolf 2016; Inan et al. 2016): the decoder reuses the embedding
+        # matrix. When H != E a linear projection H -> E bridges the sizes.
+        tied_projection = cfg.tie_weights and H != E
+        self.projection = nn.Linear(H, E, bias=False) if tied_projection else None
+        self.decoder = nn.Linear(E if cfg.tie_weights else H, V)
+        if cfg.tie_weights:
+            self.decoder.weight = self.embedding.weight
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+        if not self.cfg.tie_weights:
+            nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+        if self.cfg.cell == "lstm":
+            # Forget-gate bias 1 so the cell state is kept by default early in training
+            # (Jozefowicz, Zaremba & Sutskever 2015). PyTorch gate order: input, forget, cell, output;
+            # the two bias vectors add, so one gets 1 and the other 0.
+            H = self.cfg.hidden_size
+            for layer in range(self.cfg.num_layers):
+                with torch.no_grad():
+                    getattr(self.rnn, f"bias_ih_l{layer}")[H:2 * H].fill_(1.0)
+                    getattr(self.rnn, f"bias_hh_l{layer}")[H:2 * H].zero_()
+
+    def forward(self, ids: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
+        """ids (B, T) -> logits (B, T, V) and the new hidden state ((L, B, H), or a pair for LSTM).
+        `hidden=None` starts from zeros."""
+        x = self.dropout(self.embedding(ids))  # (B, T, E)
+        out, hidden = self.rnn(x, hidden)  # (B, T, H)
+        out = self.dropout(out)
+        if self.projection is not None:
+            out = self.projection(out)  # (B, T, E)
+        return self.decoder(out), hidden  # (B, T, V)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # a tied matrix counts once
+
+
+def detach_hidden(hidden: Hidden | None) -> Hidden | None:
+    """Cut the graph at a window boundary: the state's value flows on, its gradient does not
+    (otherwise backward would run to the start of the stream)."""
+    if hidden is None:
+        return None
+    if isinstance(hidden, tuple):
+        return tuple(h.detach() for h in hidden)
+    return hidden.detach()

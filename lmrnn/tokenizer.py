@@ -1,0 +1,126 @@
+"""SentencePiece tokenizers: train on a split's documents, load from a run, encode and decode.
+
+Ids: 0 = <unk>, 1 = end of sequence (joins documents in a token stream; also the start-of-text
+context for generation). No BOS or PAD piece: the token stream never needs them. With
+byte_fallback, unseen characters become their UTF-8 byte pieces instead of <unk>.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Iterable
+
+import sentencepiece as spm
+
+from lmrnn.config import TokenizerConfig
+from lmrnn.errors import UserError
+
+log = logging.getLogger(__name__)
+
+UNK_ID, EOS_ID = 0, 1
+# SentencePiece skips training lines longer than this many bytes (its default is 4192)
+MAX_LINE_BYTES = 1 << 16
+
+
+class Tokenizer:
+    """A loaded SentencePiece model plus its serialized bytes (what goes into a run directory)."""
+
+    def __init__(self, model_bytes: bytes):
+        self.model_bytes = model_bytes
+        self.sp = spm.SentencePieceProcessor(model_proto=model_bytes)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Tokenizer":
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"tokenizer model not found: {path}")
+        try:
+            return cls(path.read_bytes())
+        except RuntimeError:
+            raise UserError(f"{path} is not a SentencePiece model (corrupted or wrong file)") from None
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    @property
+    def eos_id(self) -> int:
+        return self.sp.eos_id()
+
+    @property
+    def fingerprint(self) -> str:
+        """Content hash: part of the token-cache key, so a new tokenizer never reuses old ids."""
+        return hashlib.blake2b(self.model_bytes, digest_size=8).hexdigest()
+
+    def encode(self, text: str) -> list[int]:
+        return self.sp.encode(text, out_type=int)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.sp.encode(texts, out_type=int, num_threads=os.cpu_count() or 1)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.sp.decode(ids)
+
+
+def train_tokenizer(documents: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:
+    """Train a SentencePiece model on `documents` (the train split).
+
+    A vocabulary larger than the corpus can fill is capped to the largest size SentencePiece
+    accepts, with a warning; one too small to hold every character is a UserError.
+    """
+    lines = [doc for doc in documents if doc.strip()]
+    if not lines:
+        raise UserError("the training text is empty: nothing to train a tokenizer on")
+    try:
+        model = _train(lines, cfg, cfg.vocab_size)
+    except RuntimeError as err:
+        message = str(err)
+        too_high = re.search(r"Vocabulary size too high \(\d+\)\. Please set it to a value <= (\d+)", message)
+        if not too_high:
+            raise _too_small(lines, cfg, message) from None
+        model = _train(lines, cfg, int(too_high[1]))
+    tokenizer = Tokenizer(model)
+    warn_if_capped(tokenizer, cfg)  # the char trainer shrinks to the characters it saw, silently
+    return tokenizer
+
+
+def warn_if_capped(tokenizer: Tokenizer, cfg: TokenizerConfig) -> None:
+    if tokenizer.vocab_size < cfg.vocab_size:
+        log.warning("tokenizer.vocab_size=%d is more than this corpus can fill; capped at %d",
+                    cfg.vocab_size, tokenizer.vocab_size)
+
+
+def _train(lines: list[str], cfg: TokenizerConfig, vocab_size: int) -> bytes:
+    buffer = io.BytesIO()
+    with open(os.devnull, "w") as quiet:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines), model_writer=buffer, logstream=quiet,
+            model_type=cfg.model_type, vocab_size=vocab_size,
+            character_coverage=cfg.character_coverage, byte_fallback=cfg.byte_fallback,
+            input_sentence_size=cfg.input_sentence_size, shuffle_input_sentence=True,
+            max_sentence_length=MAX_LINE_BYTES, num_threads=os.cpu_count() or 1,
+            unk_id=UNK_ID, eos_id=EOS_ID, bos_id=-1, pad_id=-1,
+            # a word piece may be as long as a word; the default 16 would split long words
+            max_sentencepiece_length=64 if cfg.model_type == "word" else 16,
+        )
+    return buffer.getvalue()
+
+
+def _too_small(lines: list[str], cfg: TokenizerConfig, message: str) -> Exception:
+    """Explain a vocabulary too small for the corpus's characters, or pass on another error."""
+    needed = re.search(r"smaller than required_chars\. \d+ vs (\d+)", message)
+    if needed:
+        minimum = int(needed[1])
+    elif "(vocab_size) >= (0)" in message:  # the char and word trainers' way of saying it
+        characters = set().union(*map(set, lines)) - {" "}
+        minimum = len(characters) + 1 + 2 + (256 if cfg.byte_fallback else 0)  # ▁, <unk>, eos
+    else:
+        return RuntimeError(message)  # not a user error: let it raise as a bug
+    fallback = " plus 256 byte pieces" if cfg.byte_fallback else ""
+    return UserError(f"tokenizer.vocab_size={cfg.vocab_size} is too small for this corpus: a "
+                     f"{cfg.model_type} model needs at least {minimum} pieces (its characters{fallback})")

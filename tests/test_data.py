@@ -1,0 +1,152 @@
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from lmrnn import data
+from lmrnn.config import DataConfig, TokenizerConfig
+from lmrnn.data import IGNORE_INDEX, Corpus, batchify, encode_documents, load_or_train_tokenizer, load_split, windows
+from lmrnn.errors import UserError
+from lmrnn.tokenizer import train_tokenizer
+from tests.conftest import write_corpus
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(["a bb ccc the king", "ë hello world ."] * 20, TokenizerConfig(vocab_size=300))
+
+
+def test_stream_layout_and_word_byte_counts(tokenizer):
+    split = encode_documents(["a bb", "ccc ë"], tokenizer)
+    eos = tokenizer.eos_id
+    expected = [eos, *tokenizer.encode("a bb"), eos, *tokenizer.encode("ccc ë"), eos]
+    assert split.ids.tolist() == expected
+    assert split.tokens == len(expected) - 1  # every token after the first eos is predicted
+    assert split.words == 2 + 2 + 2  # whitespace words + one end-of-line per document
+    assert split.bytes == 4 + 6 + 2  # "ccc ë" is 6 UTF-8 bytes; + one newline per document
+
+
+def test_batchify_matches_the_drawn_example():
+    stream = np.arange(12)  # 12 ids -> 11 (input, target) pairs
+    x, y = batchify(stream, 3)
+    assert x.tolist() == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    assert y.tolist() == [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    x, y = batchify(stream, 3, pad=True)
+    assert x.shape == y.shape == (3, 4)
+    assert y.tolist() == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, IGNORE_INDEX]]
+    assert int((y != IGNORE_INDEX).sum()) == 11  # every target exactly once
+
+
+def test_targets_are_inputs_shifted_across_window_boundaries():
+    x, y = batchify(np.arange(1000) % 251, batch_size=4)
+    parts = list(windows(x, y, bptt=7))
+    assert [w[0].shape[1] for w in parts][-1] == x.shape[1] % 7 or x.shape[1] % 7 == 0
+    xs = torch.cat([w[0] for w in parts], dim=1)
+    ys = torch.cat([w[1] for w in parts], dim=1)
+    assert torch.equal(xs, x) and torch.equal(ys, y)
+    assert torch.equal(ys[:, :-1], xs[:, 1:])  # y[t] == x[t+1], window boundaries included
+    assert [w[0][0, 0].item() for w in windows(x, y, 7, start=2)][0] == x[0, 14].item()
+
+
+def test_single_file_is_split_contiguously(tmp_path):
+    path = tmp_path / "one.txt"
+    path.write_text("".join(f"line {i}\n" for i in range(100)))
+    docs = Corpus(DataConfig(source=str(path), valid_fraction=0.1, test_fraction=0.05)).documents()
+    assert docs["train"] == [f"line {i}" for i in range(85)]
+    assert docs["validation"] == [f"line {i}" for i in range(85, 95)]
+    assert docs["test"] == [f"line {i}" for i in range(95, 100)]
+
+
+def test_folder_splits(tmp_path):
+    folder = write_corpus(tmp_path / "c", {"train": 40, "valid": 5, "test": 6})
+    docs = Corpus(DataConfig(source=str(folder))).documents()
+    assert [len(docs[s]) for s in data.SPLITS] == [40, 5, 6]
+    (folder / "test.txt").unlink()
+    docs = Corpus(DataConfig(source=str(folder), test_fraction=0.1)).documents()
+    assert [len(docs[s]) for s in data.SPLITS] == [36, 5, 4]  # test carved off the end of train
+
+
+def test_folder_of_plain_text_files_is_one_corpus(tmp_path):
+    (tmp_path / "b.txt").write_text("b1\nb2\n")
+    (tmp_path / "a.txt").write_text("".join(f"a{i}\n" for i in range(38)))
+    docs = Corpus(DataConfig(source=str(tmp_path))).documents()
+    assert docs["train"][0] == "a0" and docs["test"] == ["b1", "b2"]  # files in name order; 5% of 40
+
+
+def test_data_folder_through_datasets_with_text_column(tmp_path):
+    """The same `datasets.load_dataset(name)` path as a hub dataset, from local files offline."""
+    for split, n in (("train", 30), ("validation", 3), ("test", 4)):
+        rows = [json.dumps({"id": i, "body": f"{split} text {i}"}) for i in range(n)]
+        (tmp_path / f"{split}.jsonl").write_text("\n".join(rows) + "\n")
+    docs = Corpus(DataConfig(source=str(tmp_path), text_column="body")).documents()
+    assert docs["validation"] == ["validation text 0", "validation text 1", "validation text 2"]
+    with pytest.raises(UserError, match="no column 'text'; set data.text_column to one of: id, body"):
+        Corpus(DataConfig(source=str(tmp_path))).documents()
+
+
+def test_hub_name_offline_is_a_clear_error():
+    with pytest.raises(UserError, match="could not load dataset 'surely-not-a-dataset:cfg'"):
+        Corpus(DataConfig(source="surely-not-a-dataset:cfg")).documents()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is empty"),
+    (b"\n  \n\n", "is empty"),
+    (b"\x00\x01binary\x00", "looks like a binary file"),
+])
+def test_bad_corpus_files(tmp_path, content, message):
+    path = tmp_path / "c.txt"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=message):
+        Corpus(DataConfig(source=str(path))).documents()
+
+
+def test_missing_corpus_and_too_few_lines(tmp_path):
+    with pytest.raises(UserError, match="no such file or folder: nowhere/corpus.txt"):
+        Corpus(DataConfig(source="nowhere/corpus.txt"))
+    (tmp_path / "two.txt").write_text("one line\nanother\n")
+    with pytest.raises(UserError, match="only 2 lines: too few to split"):
+        Corpus(DataConfig(source=str(tmp_path / "two.txt"))).documents()
+
+
+def test_invalid_utf8_is_replaced_with_a_warning(tmp_path, caplog):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("".join(f"caf\xe9 {i}\n" for i in range(40)).encode("latin-1"))
+    with caplog.at_level(logging.WARNING):
+        docs = Corpus(DataConfig(source=str(path))).documents()
+    assert "not valid UTF-8 (bad byte near offset 3)" in caplog.text
+    assert docs["train"][0] == "caf\ufffd 0"
+
+
+def test_second_load_reads_the_memory_mapped_cache(corpus_dir, tokenizer, monkeypatch):
+    corpus = Corpus(DataConfig(source=str(corpus_dir)))
+    first = load_split(corpus, "train", tokenizer)
+    monkeypatch.setattr(Corpus, "documents", lambda self: pytest.fail("text re-read despite the cache"))
+    again = load_split(Corpus(DataConfig(source=str(corpus_dir))), "train", tokenizer)
+    assert isinstance(again.ids, np.memmap)
+    assert np.array_equal(again.ids, first.ids) and (again.words, again.bytes) == (first.words, first.bytes)
+
+
+def test_cache_key_follows_the_text_and_the_split_rule(corpus_dir):
+    key = Corpus(DataConfig(source=str(corpus_dir))).key()
+    assert Corpus(DataConfig(source=str(corpus_dir), test_fraction=0.1)).key() != key
+    with open(corpus_dir / "train.txt", "a") as handle:
+        handle.write("one more line\n")
+    os.utime(corpus_dir / "train.txt", ns=(1, 1))
+    assert Corpus(DataConfig(source=str(corpus_dir))).key() != key
+
+
+def test_trained_tokenizer_is_cached_per_corpus_and_settings(corpus_dir, monkeypatch):
+    corpus = Corpus(DataConfig(source=str(corpus_dir)))
+    first = load_or_train_tokenizer(corpus, TokenizerConfig(vocab_size=300))
+
+    def trained(*args):
+        raise RuntimeError("trained")
+
+    monkeypatch.setattr(data, "train_tokenizer", trained)
+    assert load_or_train_tokenizer(corpus, TokenizerConfig(vocab_size=300)).fingerprint == first.fingerprint
+    with pytest.raises(RuntimeError, match="trained"):
+        load_or_train_tokenizer(corpus, TokenizerConfig(vocab_size=290))  # other settings: trains

@@ -1,0 +1,64 @@
+import logging
+
+import pytest
+
+from lmrnn.config import TokenizerConfig
+from lmrnn.errors import UserError
+from lmrnn.tokenizer import EOS_ID, UNK_ID, Tokenizer, train_tokenizer
+
+DOCS = ["the king had a sword .", "the queen had a lamp .", "a fox ran into the woods ."] * 40
+
+
+def test_bpe_round_trip_and_ids():
+    tok = train_tokenizer(DOCS, TokenizerConfig(vocab_size=300))
+    assert tok.vocab_size == 300 and tok.eos_id == EOS_ID == 1
+    ids = tok.encode("the king had a lamp .")
+    assert tok.decode(ids) == "the king had a lamp ."
+    assert tok.encode_batch(["the fox", "a lamp"]) == [tok.encode("the fox"), tok.encode("a lamp")]
+
+
+def test_byte_fallback_never_makes_unknowns():
+    tok = train_tokenizer(DOCS, TokenizerConfig(vocab_size=300, byte_fallback=True))
+    ids = tok.encode("the 漢 king ë")
+    assert UNK_ID not in ids
+    assert tok.decode(ids) == "the 漢 king ë"
+    plain = train_tokenizer(DOCS, TokenizerConfig(vocab_size=40, byte_fallback=False))
+    assert UNK_ID in plain.encode("漢")  # what byte_fallback prevents
+
+
+def test_too_large_vocabulary_is_capped_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING):
+        tok = train_tokenizer(DOCS, TokenizerConfig(vocab_size=5000))
+    assert 256 < tok.vocab_size < 5000
+    assert f"capped at {tok.vocab_size}" in caplog.text
+
+
+@pytest.mark.parametrize("model_type", ["bpe", "unigram", "char", "word"])
+def test_too_small_vocabulary_names_the_minimum(model_type):
+    with pytest.raises(UserError, match=r"tokenizer.vocab_size=20 is too small .* at least \d+ pieces"):
+        train_tokenizer(DOCS, TokenizerConfig(vocab_size=20, model_type=model_type))
+
+
+def test_char_and_word_models():
+    char = train_tokenizer(DOCS, TokenizerConfig(model_type="char", vocab_size=1000))
+    assert len(char.encode("king")) == 4 + 1  # "▁" then one piece per letter
+    word = train_tokenizer(DOCS, TokenizerConfig(model_type="word", vocab_size=270))
+    assert len(word.encode("the king had a sword")) == 5
+    assert word.decode(word.encode("the king had a sword")) == "the king had a sword"
+
+
+def test_empty_text_is_refused():
+    with pytest.raises(UserError, match="empty"):
+        train_tokenizer(["", "   "], TokenizerConfig())
+
+
+def test_load_errors_and_fingerprint(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        Tokenizer.load(tmp_path / "missing.model")
+    (tmp_path / "junk.model").write_bytes(b"not a protobuf at all")
+    with pytest.raises(UserError, match="not a SentencePiece model"):
+        Tokenizer.load(tmp_path / "junk.model")
+    a = train_tokenizer(DOCS, TokenizerConfig(vocab_size=300))
+    (tmp_path / "a.model").write_bytes(a.model_bytes)
+    assert Tokenizer.load(tmp_path / "a.model").fingerprint == a.fingerprint
+    assert train_tokenizer(DOCS, TokenizerConfig(vocab_size=290)).fingerprint != a.fingerprint
