@@ -5,7 +5,7 @@
 
 For each LSTM size (2 layers, Zaremba et al. 2014 "small" = 200 and "medium" = 650; batch 20,
 bptt 35, word-level vocabulary of 10k, AdamW, clip 0.25, fp32), side by side in one process and
-interleaved A B A B so that machine noise hits both alike:
+after one untimed warm-up of each, interleaved A B A B A B so that machine noise hits both alike:
   pipeline  lmrnn.train.train() for --steps steps; its train_tokens_per_second (the loop alone,
             validation and saving excluded)
   bare      embedding -> nn.LSTM -> linear -> cross-entropy -> backward -> clip -> step over the
@@ -88,8 +88,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpora" / "ptb")
     parser.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=[200, 650])
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed.json")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lmrnn-bench-"))
@@ -112,6 +112,9 @@ def main() -> None:
         c = Corpus(cfg.data)
         tokenizer = load_or_train_tokenizer(c, cfg.tokenizer)
         x, y = batchify(load_split(c, "train", tokenizer).ids, 20)
+        # untimed warm-up of both: first allocations and kernel choices are paid here
+        train(load_config(overrides=shapes(corpus, size, 5, cache)), work / f"warmup-{size}", progress=TrainingProgress(enabled=False))
+        bare_loop(x, y, tokenizer.vocab_size, size, 5)
         pipeline, bare = [], []
         for repeat in range(args.repeats):
             summary = train(cfg, work / f"run-{size}-{repeat}", progress=TrainingProgress(enabled=False))

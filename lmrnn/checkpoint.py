@@ -36,8 +36,12 @@ RUN_FILES = (CONFIG, TOKENIZER, WEIGHTS, TRAIN_STATE, METRICS, SUMMARY)
 INFERENCE_FILES = (CONFIG, TOKENIZER, WEIGHTS)
 
 
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
 def atomic_write(path: Path, data: bytes | str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = _temporary(path)
     tmp.write_bytes(data.encode() if isinstance(data, str) else data)
     os.replace(tmp, path)
 
@@ -108,9 +112,8 @@ def save_tokenizer(run_dir: Path, tokenizer: Tokenizer) -> None:
 def save_weights(run_dir: Path, model: RNNLM, step: int) -> None:
     # save_model (not save_file) handles the tied embedding/decoder matrix, which shares storage
     path = run_dir / WEIGHTS
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_model(model, str(tmp), metadata={"format": "pt", "step": str(step), "lmrnn_version": __version__})
-    os.replace(tmp, path)
+    save_model(model, str(_temporary(path)), metadata={"format": "pt", "step": str(step), "lmrnn_version": __version__})
+    os.replace(_temporary(path), path)
 
 
 def load_weights(run_dir: Path, model: RNNLM, device: torch.device) -> None:
@@ -124,9 +127,8 @@ def load_weights(run_dir: Path, model: RNNLM, device: torch.device) -> None:
 
 def save_train_state(run_dir: Path, state: dict) -> None:
     path = run_dir / TRAIN_STATE
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    torch.save(state, _temporary(path))
+    os.replace(_temporary(path), path)
 
 
 def load_train_state(run_dir: Path) -> dict:

@@ -41,7 +41,7 @@ def user_errors():
     try:
         yield
     except UserError as err:
-        stderr.print(f"error: {err}", style="red", markup=False, highlight=False)
+        stderr.print(f"error: {err}", style="red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
 
@@ -96,6 +96,9 @@ def train(
                   f"{summary['train_tokens_per_second']:,.0f}", _duration(summary["wall_seconds"]),
                   f"{summary['best_val_ppl']:.2f}", f"{summary['test_ppl']:.2f}",
                   f"{summary['test_word_ppl']:.2f}", f"{summary['test_bits_per_byte']:.3f}"]])
+    if summary["stopped_by"] == "interrupt":
+        stderr.print(f"interrupted: continue with  lmrnn train --resume --out {run_dir}", soft_wrap=True, highlight=False)
+        raise typer.Exit(130)
 
 
 @app.command()
@@ -164,7 +167,7 @@ def tokenizer_train(
         tokenizer = train_tokenizer(Corpus(cfg.data).documents()["train"], cfg.tokenizer)
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(out, tokenizer.model_bytes)
-    stderr.print(f"wrote {out}: {cfg.tokenizer.model_type}, {tokenizer.vocab_size} pieces", highlight=False)
+    stderr.print(f"wrote {out}: {cfg.tokenizer.model_type}, {tokenizer.vocab_size} pieces", highlight=False, soft_wrap=True)
 
 
 def _duration(seconds: float) -> str:

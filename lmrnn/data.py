@@ -81,16 +81,18 @@ class Corpus:
         raise UserError(f"{self.path} holds no .txt files and no json/csv/parquet data files")
 
     def key(self) -> str:
-        """Identifies the text and how it is split, without reading it (path, size, mtime)."""
-        parts = [self.kind, str(self.path.resolve()) if self.kind != "hub" else self.cfg.source,
+        """Identifies the text and how it is split, without reading it: the split rule, the text
+        column and each file's path, size and mtime (a hub dataset: its name and config)."""
+        parts = [self.kind, self.cfg.source if self.kind == "hub" else str(self.path.resolve()),
                  self.cfg.text_column, repr(self.cfg.valid_fraction), repr(self.cfg.test_fraction)]
-        files = sorted(p for fs in self.files.values() for p in fs) if self.kind == "files" else (
-            sorted(p for p in self.path.rglob("*") if p.is_file()) if self.kind == "folder" else [])
-        for name, paths in self.files.items():
-            parts.append(name + ":" + ",".join(str(p) for p in paths))
-        for p in files:
-            stat = p.stat()
-            parts.append(f"{p}:{stat.st_size}:{stat.st_mtime_ns}")
+        parts += [f"{name}:{path}" for name, paths in self.files.items() for path in paths]
+        if self.kind == "folder":
+            watched = sorted(p for p in self.path.rglob("*") if p.is_file())
+        else:
+            watched = [path for paths in self.files.values() for path in paths]
+        for path in watched:
+            stat = path.stat()
+            parts.append(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
         return self.name + "-" + hashlib.blake2b("\n".join(parts).encode(), digest_size=8).hexdigest()
 
     def documents(self) -> dict[str, list[str]]:
@@ -105,8 +107,10 @@ class Corpus:
 
     def _load(self) -> dict[str, list[str]]:
         import datasets  # heavy import, only when text must really be read
+        import huggingface_hub
 
         datasets.logging.set_verbosity_error()
+        huggingface_hub.utils.logging.set_verbosity_error()  # network failures: our one error line
         datasets.disable_progress_bars()
         if self.kind == "files":
             # datasets cannot build a split from empty files: leave them out (train stays, empty)

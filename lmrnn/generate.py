@@ -64,15 +64,17 @@ def generate_text(run_dir: Path, prompt: str, max_new_tokens: int = 200, tempera
     check_sampling(temperature, top_k, top_p, max_new_tokens)
     model, tokenizer, _ = checkpoint.load_run(run_dir, resolve_device(device))
     generator = torch.Generator()
-    generator.manual_seed(seed) if seed is not None else generator.seed()
+    if seed is None:
+        generator.seed()  # a fresh random seed
+    else:
+        generator.manual_seed(seed)
     eos = tokenizer.eos_id
     prompt_ids = tokenizer.encode(prompt)
     if not prompt_ids:
         log.info("empty prompt: generating from the start-of-text state")
-    device_ = next(model.parameters()).device
     # The training stream puts an end-of-sequence before every document, so the state after
     # reading it is the model's start-of-text state.
-    ids = torch.tensor([[eos] + prompt_ids], device=device_)  # (1, 1 + P)
+    ids = torch.tensor([[eos] + prompt_ids], device=next(model.parameters()).device)  # (1, 1 + P)
     lines, current = [], list(prompt_ids)
     with torch.inference_mode():
         logits, hidden = model(ids)  # the whole prompt, once

@@ -7,6 +7,7 @@ byte_fallback, unseen characters become their UTF-8 byte pieces instead of <unk>
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -95,11 +96,27 @@ def warn_if_capped(tokenizer: Tokenizer, cfg: TokenizerConfig) -> None:
                     cfg.vocab_size, tokenizer.vocab_size)
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """SentencePiece's C++ trainer logs to file descriptor 2. Its own `logstream` option needs
+    sys.stderr.fileno(), which fails wherever stderr is not an OS file (notebooks, test runners),
+    so point descriptor 2 itself at /dev/null for the duration."""
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _train(lines: list[str], cfg: TokenizerConfig, vocab_size: int) -> bytes:
     buffer = io.BytesIO()
-    with open(os.devnull, "w") as quiet:
+    with _native_stderr_silenced():
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(lines), model_writer=buffer, logstream=quiet,
+            sentence_iterator=iter(lines), model_writer=buffer,
             model_type=cfg.model_type, vocab_size=vocab_size,
             character_coverage=cfg.character_coverage, byte_fallback=cfg.byte_fallback,
             input_sentence_size=cfg.input_sentence_size, shuffle_input_sentence=True,

@@ -53,7 +53,7 @@ def budget_progress(cfg: TrainConfig, step: int, epochs_done: float, seconds: fl
     return max(used)
 
 
-class _deferred_interrupt:
+class _DeferredInterrupt:
     """Ctrl-C asks the loop to stop after the current step (state then saves cleanly and
     --resume continues exactly); a second Ctrl-C aborts at once."""
 
@@ -66,7 +66,7 @@ class _deferred_interrupt:
         self.asked = True
         self.report.line("interrupt: stopping after this step and saving (Ctrl-C again to abort)")
 
-    def __enter__(self) -> "_deferred_interrupt":
+    def __enter__(self) -> "_DeferredInterrupt":
         if threading.current_thread() is threading.main_thread():
             self.previous = signal.signal(signal.SIGINT, self._handle)
         return self
@@ -142,12 +142,12 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, overwrite: bool =
         now = time.perf_counter() - loop_start
         return {"elapsed_seconds": state["elapsed_seconds"] + now, "train_seconds": state["train_seconds"] + now - paused}
 
-    def save_state(hidden) -> None:
+    def save_state(hidden, totals: dict) -> None:
         h = [] if hidden is None else [t.detach().cpu() for t in (hidden if isinstance(hidden, tuple) else (hidden,))]
-        checkpoint.save_train_state(run_dir, {**state, **clock(), "hidden": h, "model": model.state_dict(),
+        checkpoint.save_train_state(run_dir, {**state, **totals, "hidden": h, "model": model.state_dict(),
                                               "optimizer": optimizer.state_dict(), "rng": rng_state()})
 
-    def validate(hidden) -> None:
+    def validate(hidden, totals: dict) -> None:
         """Exact validation NLL; keep the best weights; plateau schedule; save resumable state."""
         nll, count = score_split(model, splits["validation"], tc.eval_batch_size, tc.bptt, amp_dtype)
         loss = nll / count
@@ -162,7 +162,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, overwrite: bool =
         checkpoint.append_metrics(run_dir, record)
         report.line(f"step {state['step']:>7} | epoch {epochs_done():5.2f} | val loss {loss:.3f} | "
                     f"val ppl {math.exp(loss):8.2f}{' *' if improved else ''}")
-        save_state(hidden)
+        save_state(hidden, totals)
 
     def epochs_done() -> float:
         return state["epoch"] + state["window"] / windows_per_epoch
@@ -184,7 +184,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, overwrite: bool =
     norm_sum = torch.zeros((), device=device)
     interval_steps, interval_tokens, interval_start = 0, 0, time.perf_counter()
     done = False
-    with report, _deferred_interrupt(report) as interrupt:
+    with report, _DeferredInterrupt(report) as interrupt:
         while not done:
             for x, y in windows(x_train, y_train, tc.bptt, start=state["window"]):
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -232,19 +232,19 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, overwrite: bool =
                     state["window"] = 0
                     hidden = None  # each epoch starts from the zero state (wlm)
                 done = used() >= 1.0 or interrupt.asked
-                pause_start = time.perf_counter()
+                pause_start, totals = time.perf_counter(), clock()
                 if (tc.eval_every and state["step"] % tc.eval_every == 0) or at_epoch_end or done:
-                    validate(hidden)
+                    validate(hidden, totals)
                 elif tc.save_every and state["step"] % tc.save_every == 0:
-                    save_state(hidden)
+                    save_state(hidden, totals)
                 pause = time.perf_counter() - pause_start
                 paused += pause
                 interval_start += pause
                 if at_epoch_end or done:
                     break
 
-    save_state(hidden)  # the final clock, and the carried state for a later extension
-    state.update(clock())
+    state.update(clock())  # final totals, taken before the (slow) last save
+    save_state(hidden, {})  # with the carried state, for a later extension
 
     # ---- final figures with the best weights
     checkpoint.load_weights(run_dir, model, device)

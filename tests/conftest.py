@@ -21,6 +21,15 @@ def isolated_caches(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True)
+def fresh_logging():
+    """A CLI test binds lmrnn's log handler to CliRunner's temporary stderr; drop it afterwards."""
+    yield
+    import logging
+
+    logging.getLogger("lmrnn").handlers.clear()
+
+
 def write_corpus(folder: Path, lines_per_split: dict[str, int] | None = None, seed: int = 0) -> Path:
     """A small made-up corpus with train/valid/test.txt in `folder`."""
     import random

@@ -11,7 +11,7 @@ from lmrnn.config import DataConfig, TokenizerConfig
 from lmrnn.data import IGNORE_INDEX, Corpus, batchify, encode_documents, load_or_train_tokenizer, load_split, windows
 from lmrnn.errors import UserError
 from lmrnn.tokenizer import train_tokenizer
-from tests.conftest import write_corpus
+from tests.conftest import SHARED_CORPORA, write_corpus
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +150,14 @@ def test_trained_tokenizer_is_cached_per_corpus_and_settings(corpus_dir, monkeyp
     assert load_or_train_tokenizer(corpus, TokenizerConfig(vocab_size=300)).fingerprint == first.fingerprint
     with pytest.raises(RuntimeError, match="trained"):
         load_or_train_tokenizer(corpus, TokenizerConfig(vocab_size=290))  # other settings: trains
+
+
+@pytest.mark.corpus
+@pytest.mark.skipif(not (SHARED_CORPORA / "ptb" / "test.txt").is_file(), reason="needs ../shared/corpora/ptb")
+def test_word_and_byte_counts_match_the_published_ptb_figures(tokenizer):
+    """PTB test: 78,669 words + 3,761 lines = 82,430, the count published PTB perplexities use;
+    bytes = the file's size, since each line's newline counts once."""
+    docs = Corpus(DataConfig(source=str(SHARED_CORPORA / "ptb"))).documents()
+    split = encode_documents(docs["test"], tokenizer)
+    assert split.words == 82_430
+    assert split.bytes == (SHARED_CORPORA / "ptb" / "test.txt").stat().st_size == 449_945

@@ -1,11 +1,13 @@
 """Generate the `stories` corpus: short grammar-made stories with long-range cues.
 
 Each line is one story. Its first sentence names a hero, their home, and a described object;
-three to five unrelated sentences follow (he/she agreeing with the hero), some naming other
+two to four unrelated sentences follow (he/she agreeing with the hero), some naming other
 people with other objects; the last sentence names the hero, the object and its adjective, or
-the home again. Predicting those words needs the first sentence, 20 to 60 tokens back, kept
-apart from the distractors in between: selective long-range memory, which gates give an LSTM
-or GRU and a plain RNN, its gradient vanishing over that distance, mostly lacks.
+the home again. Predicting those words needs the first sentence, 29 to 51 words back (10th to
+90th percentile), kept apart from the distractors in between: selective long-range memory,
+which gates give an LSTM or GRU and a plain RNN, its gradient vanishing over that distance,
+mostly lacks. The distance fits inside the default 70-token BPTT window, so a gradient can
+connect cue and recall at all.
 
     python corpora/stories/generate.py            # rewrites train.txt, valid.txt, test.txt here
 
@@ -93,7 +95,7 @@ def story() -> str:
     pron = random.choice(["she", "he"])
     hero = {"pron": pron, "name": random.choice(HEROES[pron]), "trade": random.choice(TRADES),
             "place": random.choice(PLACES), "adj": random.choice(ADJECTIVES), "obj": random.choice(OBJECTS)}
-    middle = [filler(hero) for _ in range(random.randint(3, 5))]
+    middle = [filler(hero) for _ in range(random.randint(2, 4))]
     return " ".join([opening(hero), *middle, closing(hero)])
 
 
