@@ -16,7 +16,7 @@ def run(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-def fails_cleanly(result, message):
+def assert_fails_cleanly(result, message):
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output and message in result.stderr
     assert result.stderr.strip().count("\n") == 0  # one line
@@ -68,7 +68,7 @@ def test_tokenizer_train_then_reuse(corpus_dir, tmp_path):
     model = tmp_path / "tok.model"
     result = run("tokenizer", "train", corpus_dir, "--out", model, "--vocab-size", "300", "--model-type", "unigram")
     assert result.exit_code == 0 and model.is_file(), result.output
-    fails_cleanly(run("tokenizer", "train", corpus_dir, "--out", model), "already exists")
+    assert_fails_cleanly(run("tokenizer", "train", corpus_dir, "--out", model), "already exists")
     out = tmp_path / "run"
     assert run("train", corpus_dir, *TINY, "--out", out, "-s", f"tokenizer.path={model}", "-s", "train.max_steps=2").exit_code == 0
     assert (out / "tokenizer.model").read_bytes() == model.read_bytes()
@@ -77,18 +77,18 @@ def test_tokenizer_train_then_reuse(corpus_dir, tmp_path):
 def test_user_errors_are_one_clean_line(tmp_path, tiny_run):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    fails_cleanly(run("train", tmp_path / "missing.txt"), "no such file or folder")
-    fails_cleanly(run("train", empty, "--out", tmp_path / "r"), "is empty")
-    fails_cleanly(run("train", *TINY, "-s", "model.hiden_size=3"), "did you mean model.hidden_size")
-    fails_cleanly(run("train", *TINY, "-s", "train.bptt=abc"), "train.bptt must be an integer")
-    fails_cleanly(run("train", "--config", tmp_path / "nope.yaml"), "config file not found")
-    fails_cleanly(run("train", *TINY, "--out", tiny_run), "already holds a run")
-    fails_cleanly(run("train", "--resume", "--overwrite", "--out", tiny_run), "exclude each other")
-    fails_cleanly(run("train", "--resume", "--out", tiny_run, "-s", "model.hidden_size=8"), "cannot change model.hidden_size")
-    fails_cleanly(run("generate", tiny_run, "--temperature", "-1"), "--temperature must be >= 0")
-    fails_cleanly(run("generate", tiny_run, "--top-p", "0"), "--top-p must be in")
-    fails_cleanly(run("generate", tmp_path / "nothing"), "run directory not found")
-    fails_cleanly(run("eval", tmp_path), "incomplete: missing config.yaml, tokenizer.model, model.safetensors")
+    assert_fails_cleanly(run("train", tmp_path / "missing.txt"), "no such file or folder")
+    assert_fails_cleanly(run("train", empty, "--out", tmp_path / "r"), "is empty")
+    assert_fails_cleanly(run("train", *TINY, "-s", "model.hiden_size=3"), "did you mean model.hidden_size")
+    assert_fails_cleanly(run("train", *TINY, "-s", "train.bptt=abc"), "train.bptt must be an integer")
+    assert_fails_cleanly(run("train", "--config", tmp_path / "nope.yaml"), "config file not found")
+    assert_fails_cleanly(run("train", *TINY, "--out", tiny_run), "already holds a run")
+    assert_fails_cleanly(run("train", "--resume", "--overwrite", "--out", tiny_run), "exclude each other")
+    assert_fails_cleanly(run("train", "--resume", "--out", tiny_run, "-s", "model.hidden_size=8"), "cannot change model.hidden_size")
+    assert_fails_cleanly(run("generate", tiny_run, "--temperature", "-1"), "--temperature must be >= 0")
+    assert_fails_cleanly(run("generate", tiny_run, "--top-p", "0"), "--top-p must be in")
+    assert_fails_cleanly(run("generate", tmp_path / "nothing"), "run directory not found")
+    assert_fails_cleanly(run("eval", tmp_path), "incomplete: missing config.yaml, tokenizer.model, model.safetensors")
 
 
 def test_corrupted_weights_are_reported_not_raised(tiny_run, tmp_path):
@@ -97,5 +97,5 @@ def test_corrupted_weights_are_reported_not_raised(tiny_run, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_run, broken)
     (broken / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{bad")
-    fails_cleanly(run("eval", broken), "model.safetensors is truncated, corrupted")
-    fails_cleanly(run("generate", broken, "-p", "x"), "model.safetensors is truncated, corrupted")
+    assert_fails_cleanly(run("eval", broken), "model.safetensors is truncated, corrupted")
+    assert_fails_cleanly(run("generate", broken, "-p", "x"), "model.safetensors is truncated, corrupted")
