@@ -127,13 +127,14 @@ def eval_(
     data: Annotated[Optional[str], typer.Option(help="Evaluate on this corpus instead, with each run's own tokenizer.")] = None,
     split: Annotated[Literal["train", "validation", "test"], typer.Option(help="Which split to score.")] = "test",
     json_: Annotated[bool, typer.Option("--json", help="Print the figures as a JSON list instead of a table.")] = False,
+    batch_size: Annotated[Optional[int], typer.Option(help="Rows scored side by side, each from the zero state (default: the run's train.eval_batch_size; 1 = one stream).")] = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Exact perplexity of whole splits: token and word perplexity, bits per byte."""
     from lmrnn.evaluate import evaluate_run
 
     with user_errors():
-        results = [evaluate_run(run_dir, split, data, device) for run_dir in run_dirs]
+        results = [evaluate_run(run_dir, split, data, device, batch_size) for run_dir in run_dirs]
     if json_:
         typer.echo(json.dumps([r.as_dict() for r in results], indent=2))
         return

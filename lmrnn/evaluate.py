@@ -84,8 +84,11 @@ def _exp(value: float) -> float:
 
 
 def evaluate_run(run_dir: Path, split: str = "test", data: str | None = None,
-                 device: str = "auto") -> EvalResult:
-    """Score one run directory on a split of its own corpus, or of `data` with its tokenizer."""
+                 device: str = "auto", batch_size: int | None = None) -> EvalResult:
+    """Score one run directory on a split of its own corpus, or of `data` with its tokenizer,
+    in `batch_size` rows (default: the run's train.eval_batch_size; 1 = one stream)."""
+    if batch_size is not None and batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     torch_device = resolve_device(device)
     model, tokenizer, cfg = checkpoint.load_run(run_dir, torch_device)
     if data is not None:
@@ -93,6 +96,6 @@ def evaluate_run(run_dir: Path, split: str = "test", data: str | None = None,
     text = load_split(Corpus(cfg.data), split, tokenizer)
     if text.tokens < 1:
         raise UserError(f"the {split} split of {cfg.data.source or 'the corpus'} is empty")
-    nll, tokens = score_split(model, text, cfg.train.eval_batch_size, cfg.train.bptt)
+    nll, tokens = score_split(model, text, batch_size or cfg.train.eval_batch_size, cfg.train.bptt)
     return EvalResult(run=str(run_dir), split=split, tokens=tokens, words=text.words, bytes=text.bytes,
                       nll=nll, params=model.num_parameters(), cell=cfg.model.cell, **figures(nll, text))

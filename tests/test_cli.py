@@ -64,6 +64,14 @@ def test_eval_compares_runs_and_other_data(tiny_run, tmp_path):
     assert row["words"] == 3 * (8 + 1)  # 5% of 60 lines, each 8 words + end of line
 
 
+def test_eval_batch_size_changes_only_the_row_starts(tiny_run):
+    [wide] = json.loads(run("eval", tiny_run, "--json").stdout)
+    [single] = json.loads(run("eval", tiny_run, "--json", "--batch-size", "1").stdout)
+    assert single["tokens"] == wide["tokens"]  # every token still scored once
+    assert single["nll"] == pytest.approx(wide["nll"], rel=0.05)  # only the 8 row starts differ
+    assert_fails_cleanly(run("eval", tiny_run, "--batch-size", "0"), "--batch-size must be >= 1")
+
+
 def test_tokenizer_train_then_reuse(corpus_dir, tmp_path):
     model = tmp_path / "tok.model"
     result = run("tokenizer", "train", corpus_dir, "--out", model, "--vocab-size", "300", "--model-type", "unigram")
