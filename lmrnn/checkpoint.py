@@ -112,8 +112,9 @@ def save_tokenizer(run_dir: Path, tokenizer: Tokenizer) -> None:
 def save_weights(run_dir: Path, model: RNNLM, step: int) -> None:
     # save_model (not save_file) handles the tied embedding/decoder matrix, which shares storage
     path = run_dir / WEIGHTS
-    save_model(model, str(_temporary(path)), metadata={"format": "pt", "step": str(step), "lmrnn_version": __version__})
-    os.replace(_temporary(path), path)
+    tmp = _temporary(path)
+    save_model(model, str(tmp), metadata={"format": "pt", "step": str(step), "lmrnn_version": __version__})
+    os.replace(tmp, path)
 
 
 def load_weights(run_dir: Path, model: RNNLM, device: torch.device) -> None:
@@ -127,8 +128,9 @@ def load_weights(run_dir: Path, model: RNNLM, device: torch.device) -> None:
 
 def save_train_state(run_dir: Path, state: dict) -> None:
     path = run_dir / TRAIN_STATE
-    torch.save(state, _temporary(path))
-    os.replace(_temporary(path), path)
+    tmp = _temporary(path)
+    torch.save(state, tmp)
+    os.replace(tmp, path)
 
 
 def load_train_state(run_dir: Path) -> dict:

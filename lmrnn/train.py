@@ -217,21 +217,22 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, overwrite: bool =
                     checkpoint.append_metrics(run_dir, record)
                     text = (f"step {state['step']:>7} | epoch {epochs_done():5.2f} | lr {lr:.1e} | loss {mean_loss:.3f}"
                             f" | ppl {record['ppl']:8.2f} | |g| {mean_norm:.2f} | {speed / 1000:.1f}k tok/s")
-                    report.update(used(), text)
                     if not report.live:
                         report.line(text)
                     loss_sum.zero_()
                     norm_sum.zero_()
                     interval_steps, interval_tokens, interval_start = 0, 0, time.perf_counter()
                 else:
-                    report.update(used())
+                    text = None
 
                 at_epoch_end = state["window"] == windows_per_epoch
                 if at_epoch_end:
                     state["epoch"] += 1
                     state["window"] = 0
                     hidden = None  # each epoch starts from the zero state (wlm)
-                done = used() >= 1.0 or interrupt.asked
+                progress = used()
+                report.update(progress, text)
+                done = progress >= 1.0 or interrupt.asked
                 pause_start, totals = time.perf_counter(), clock()
                 if (tc.eval_every and state["step"] % tc.eval_every == 0) or at_epoch_end or done:
                     validate(hidden, totals)
