@@ -146,8 +146,31 @@ def append_metrics(run_dir: Path, record: dict) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The run's metrics records, oldest first; a line torn by a crash is skipped."""
+    check_run_dir(run_dir, (METRICS,))
+    records = []
+    for line in (run_dir / METRICS).read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
 def write_summary(run_dir: Path, summary: dict) -> None:
     atomic_write(run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
+
+
+def read_summary(run_dir: Path) -> dict | None:
+    """The final figures of a finished run; None while it has none (or a damaged one)."""
+    try:
+        summary = json.loads((run_dir / SUMMARY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
 
 
 def load_run(run_dir: Path, device: torch.device) -> tuple[RNNLM, Tokenizer, RunConfig]:

@@ -24,6 +24,8 @@ app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich", add_completion=
                   help="Recurrent language models (RNN, LSTM, GRU): train, generate, evaluate.")
 tokenizer_app = typer.Typer(no_args_is_help=True, help="Standalone SentencePiece tokenizers.")
 app.add_typer(tokenizer_app, name="tokenizer")
+probe_app = typer.Typer(no_args_is_help=True, help="Measure vanishing gradients, context use and recall of trained runs.")
+app.add_typer(probe_app, name="probe")
 
 PRECEDENCE = "Precedence: defaults < --config < -s/--set < DATA, --cell, --text-column."
 DataArg = Annotated[Optional[str], typer.Argument(
@@ -33,6 +35,8 @@ ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML 
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override one key: -s model.hidden_size=512 (repeatable).")]
 TextColumnOpt = Annotated[Optional[str], typer.Option(help="Dataset column holding the text (data.text_column).")]
 DeviceOpt = Annotated[Literal["auto", "cpu", "cuda", "mps"], typer.Option(help="Where to run; auto = CUDA, MPS, then CPU.")]
+RunsArg = Annotated[list[Path], typer.Argument(help="Run directories written by `lmrnn train` or `lmrnn compare`.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the figures as JSON instead of a table.")]
 
 
 @contextlib.contextmanager
@@ -126,8 +130,9 @@ def eval_(
     run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories, compared side by side.")],
     data: Annotated[Optional[str], typer.Option(help="Evaluate on this corpus instead, with each run's own tokenizer.")] = None,
     split: Annotated[Literal["train", "validation", "test"], typer.Option(help="Which split to score.")] = "test",
-    json_: Annotated[bool, typer.Option("--json", help="Print the figures as a JSON list instead of a table.")] = False,
+    json_: JsonOpt = False,
     batch_size: Annotated[Optional[int], typer.Option(help="Rows scored side by side, each from the zero state (default: the run's train.eval_batch_size; 1 = one stream).")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Also draw the runs' learning curves (from metrics.jsonl) into this PNG.")] = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Exact perplexity of whole splits: token and word perplexity, bits per byte."""
@@ -135,6 +140,11 @@ def eval_(
 
     with user_errors():
         results = [evaluate_run(run_dir, split, data, device, batch_size) for run_dir in run_dirs]
+        if plot is not None:
+            from lmrnn.checkpoint import read_metrics
+            from lmrnn.report import plot_learning_curves
+            plot_learning_curves([(str(d), str(d), read_metrics(d)) for d in run_dirs], plot)
+            stderr.print(f"learning curves: {plot}", highlight=False, soft_wrap=True)
     if json_:
         typer.echo(json.dumps([r.as_dict() for r in results], indent=2))
         return
@@ -142,6 +152,127 @@ def eval_(
                 ["run", "cell", "params", "tokens", "ppl", "word ppl", "bits/byte"],
                 [[r.run, r.cell, f"{r.params:,}", f"{r.tokens:,}", f"{r.ppl:.2f}", f"{r.word_ppl:.2f}",
                   f"{r.bits_per_byte:.4f}"] for r in results])
+
+
+@app.command(help=f"Train several cells on one corpus under one budget and report them side by side. {PRECEDENCE}")
+def compare(
+    data: DataArg = None,
+    cells: Annotated[str, typer.Option(help="Comma-separated cells: rnn, rnn_relu, lstm, gru.")] = "rnn,lstm,gru",
+    budget_minutes: Annotated[Optional[float], typer.Option(help="Training minutes per run (replaces the config's stop limits).")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Training steps per run (replaces the config's stop limits).")] = None,
+    match: Annotated[Literal["params", "hidden"], typer.Option(help="params: hidden sizes chosen so parameter counts agree within 2% of the LSTM's (or the first cell's) at model.hidden_size; hidden: the same hidden size.")] = "params",
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds; several give mean ± spread.")] = "1",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Comparison folder. Default: comparisons/<corpus>.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    text_column: TextColumnOpt = None,
+    overwrite: Annotated[bool, typer.Option(help="Retrain every run of the comparison already in --out.")] = False,
+) -> None:
+    """Run it again after an interruption: finished runs are kept, the interrupted one resumes."""
+    from lmrnn.compare import compare as run_comparison, parse_cells, parse_seeds, table_rows, TABLE
+    from lmrnn.data import Corpus
+
+    with user_errors():
+        for name, value in (("--budget-minutes", budget_minutes), ("--max-steps", max_steps)):
+            if value is not None and value <= 0:
+                raise UserError(f"{name} must be > 0, got {value}")
+        limits = {}
+        if budget_minutes is not None or max_steps is not None:
+            limits = {"train.epochs": 0, "train.max_minutes": budget_minutes or 0.0, "train.max_steps": max_steps or 0}
+        cfg = load_config(config, set_ or [], {**_flags(data__source=data, data__text_column=text_column), **limits})
+        cell_list, seed_list = parse_cells(cells), parse_seeds(seeds)
+        folder = out or Path("comparisons") / Corpus(cfg.data).name
+        results = run_comparison(cfg, cell_list, seed_list, match, folder, overwrite)
+    if results.get("interrupted"):
+        stderr.print(f"interrupted: run the same command again to continue the comparison in {folder}",
+                     soft_wrap=True, highlight=False)
+        raise typer.Exit(130)
+    print_table(f"{results['corpus']}: {', '.join(cell_list)}, --match {match}, seeds {seeds}", TABLE, table_rows(results))
+    stderr.print(f"report: {folder / 'report.md'}", soft_wrap=True, highlight=False)
+
+
+PlotOpt = Annotated[Path, typer.Option(help="Where to draw the plot (PNG).")]
+DataOpt = Annotated[Optional[str], typer.Option(help="Probe this corpus's validation split instead of each run's own.")]
+
+
+def _probe_output(rows: list[dict], json_: bool, plot: Path, title: str, columns: list[str], cells) -> None:
+    if json_:
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        print_table(title, columns, [cells(row) for row in rows])
+    stderr.print(f"plot: {plot}", highlight=False, soft_wrap=True)
+
+
+def _distance(value: Optional[int], limit: int) -> str:
+    return f"> {limit}" if value is None else str(value)
+
+
+@probe_app.command("gradients")
+def probe_gradients(
+    run_dirs: RunsArg,
+    length: Annotated[int, typer.Option(help="Steps from the first probed state to the loss (T).")] = 200,
+    windows: Annotated[int, typer.Option(help="Validation windows averaged over.")] = 64,
+    burn_in: Annotated[int, typer.Option(help="Tokens run first (no gradient) so the state is a real one.")] = 100,
+    init: Annotated[bool, typer.Option("--init/--no-init", help="Also probe each run's architecture freshly initialised.")] = True,
+    data: DataOpt = None,
+    plot: PlotOpt = Path("probe-gradients.png"),
+    json_: JsonOpt = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """||dL_T/ds_t||: how far back the loss's gradient reaches, against distance (log scale)."""
+    from lmrnn.probes import VANISHED, probe_gradients as run_probe
+
+    with user_errors():
+        rows = run_probe(run_dirs, length, windows, burn_in, init, data, device, plot)
+    marks = [d for d in (1, 10, 50, 100) if d < length]
+    _probe_output(rows, json_, plot, f"gradient norm by distance, relative to distance 1 (vanished: < {VANISHED:g})",
+                  ["run", "cell", "model", "|g| at 1", *[f"at {d}" for d in marks[1:]], f"at {length - 1}", "vanished at"],
+                  lambda r: [r["run"], r["cell"], r["model"], f"{r['norms'][1]:.3g}",
+                             *[f"{r['norms'][d] / r['norms'][1]:.2g}" for d in marks[1:]],
+                             f"{r['norms'][-1] / r['norms'][1]:.2g}", _distance(r["vanishing_distance"], length - 1)])
+
+
+@probe_app.command("context")
+def probe_context(
+    run_dirs: RunsArg,
+    max_context: Annotated[int, typer.Option(help="Longest context k tried (k = 1, 2, 4, ... and this).")] = 400,
+    targets: Annotated[int, typer.Option(help="Validation tokens scored for each k.")] = 1000,
+    data: DataOpt = None,
+    plot: PlotOpt = Path("probe-context.png"),
+    json_: JsonOpt = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Loss when the model sees only the last k tokens, and its effective context."""
+    from lmrnn.probes import probe_context as run_probe
+
+    with user_errors():
+        rows = run_probe(run_dirs, max_context, targets, data, device, plot)
+    ks = rows[0]["ks"]
+    _probe_output(rows, json_, plot, "mean NLL (nats) with the last k tokens of context; effective = within 1% of full",
+                  ["run", "cell", *[f"k={k}" for k in ks], "full", "effective k"],
+                  lambda r: [r["run"], r["cell"], *[f"{v:.3f}" for v in r["losses"]], f"{r['full_context_loss']:.3f}",
+                             _distance(r["effective_context"], ks[-1])])
+
+
+@probe_app.command("recall")
+def probe_recall(
+    run_dirs: RunsArg,
+    max_fillers: Annotated[int, typer.Option(help="Stories with 0 to this many middle sentences between cue and recall.")] = 8,
+    stories: Annotated[int, typer.Option(help="Fresh stories per distance.")] = 200,
+    plot: PlotOpt = Path("probe-recall.png"),
+    json_: JsonOpt = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """On the stories corpus's grammar: accuracy at naming the hero where the story recalls it,
+    against the words since the hero was named (distances in words: any tokenizers compare)."""
+    from lmrnn.probes import probe_recall as run_probe
+
+    with user_errors():
+        rows = run_probe(run_dirs, max_fillers, stories, device, plot)
+    buckets = rows[0]["buckets"]
+    _probe_output(rows, json_, plot, "top-1 accuracy at the recalled hero name (chance with the pronoun's gender: 1/12 = 0.083)",
+                  ["run", "cell", *[f"{b['distance']:.0f} words" for b in buckets]],
+                  lambda r: [r["run"], r["cell"], *[f"{b['accuracy']:.3f}" for b in r["buckets"]]])
 
 
 @tokenizer_app.command("train")

@@ -29,34 +29,44 @@ def setup_logging(verbose: bool = False) -> None:
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
+def _progress_bar() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                    TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                    TimeRemainingColumn(), console=stderr, transient=False)
+
+
 class TrainingProgress:
     """A rich bar on a terminal (fraction of the budget, step, loss, ppl, |g|, tok/s, ETA);
-    plain log lines when stderr is not a terminal (CI, files)."""
+    plain log lines when stderr is not a terminal (CI, files). Inside a comparison it is the
+    second bar of the comparison's display and also moves the overall bar."""
 
-    def __init__(self, enabled: bool | None = None):
-        self.live = stderr.is_terminal if enabled is None else enabled
+    def __init__(self, enabled: bool | None = None, parent: "ComparisonProgress | None" = None):
+        self.live = (stderr.is_terminal if enabled is None else enabled) if parent is None else parent.live
+        self.parent = parent
         self._bar: Progress | None = None
         if self.live:
-            self._bar = Progress(
-                TextColumn("[bold]train"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                TimeRemainingColumn(), console=stderr, transient=False)
+            self._bar = parent.bar if parent is not None else _progress_bar()
             self._task = self._bar.add_task("train", total=1.0, status="starting")
 
     def __enter__(self) -> "TrainingProgress":
-        if self._bar is not None:
+        if self._bar is not None and self.parent is None:
             self._bar.start()
         return self
 
     def __exit__(self, *exc) -> None:
         if self._bar is not None:
-            self._bar.stop()
+            if self.parent is None:
+                self._bar.stop()
+            else:
+                self._bar.remove_task(self._task)
 
     def update(self, fraction: float, status: str | None = None) -> None:
         """Move the bar to `fraction` of the training budget; cheap enough for every step."""
         if self._bar is not None:
             fields = {"status": status} if status is not None else {}
             self._bar.update(self._task, completed=min(fraction, 1.0), **fields)
+        if self.parent is not None:
+            self.parent.update(min(fraction, 1.0))
 
     def line(self, text: str) -> None:
         """A log line: printed above the bar on a terminal, as a plain line otherwise."""
@@ -64,6 +74,30 @@ class TrainingProgress:
             self._bar.console.print(text, highlight=False, markup=False)
         else:
             print(text, file=sys.stderr, flush=True)
+
+
+class ComparisonProgress(TrainingProgress):
+    """One overall bar over all runs of a comparison, above the current run's TrainingProgress."""
+
+    def __init__(self, total_runs: int, enabled: bool | None = None):
+        self.live = stderr.is_terminal if enabled is None else enabled
+        self.parent, self.total, self.done = None, total_runs, 0
+        self.bar = self._bar = _progress_bar() if self.live else None
+        if self._bar is not None:
+            self._task = self._bar.add_task("all runs", total=float(total_runs), status=f"0/{total_runs} runs")
+
+    def run(self, name: str) -> TrainingProgress:
+        """The bar of the next run; call `finished()` when it is done."""
+        self.line(f"run {self.done + 1}/{self.total}: {name}")
+        return TrainingProgress(parent=self)
+
+    def update(self, fraction: float, status: str | None = None) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.done + fraction, status=f"{self.done}/{self.total} runs")
+
+    def finished(self) -> None:
+        self.done += 1
+        self.update(0.0)
 
 
 def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:

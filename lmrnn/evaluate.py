@@ -43,26 +43,31 @@ class EvalResult:
         return asdict(self)
 
 
-def evaluate_nll(model: RNNLM, x: torch.Tensor, y: torch.Tensor, bptt: int,
-                 amp_dtype: torch.dtype | None = None) -> tuple[float, int]:
-    """Summed NLL (nats) and target count over all of x, y (B, L), the hidden state carried
-    from window to window. Padded targets (IGNORE_INDEX) count neither way."""
+def token_nll(model: RNNLM, x: torch.Tensor, y: torch.Tensor, bptt: int,
+              amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """NLL (nats) of every target of x, y (B, L) as a (B, L) float32 CPU tensor, the hidden
+    state carried from window to window; 0 where the target is padding (IGNORE_INDEX)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    count = torch.zeros((), dtype=torch.int64, device=device)
-    hidden = None
+    hidden, losses = None, []
     with torch.inference_mode():
         for xw, yw in windows(x, y, bptt):
             xw, yw = xw.to(device, non_blocking=True), yw.to(device, non_blocking=True)
             with autocast(device, amp_dtype):
                 logits, hidden = model(xw, hidden)  # (B, T, V)
-            total += F.cross_entropy(logits.flatten(0, 1).float(), yw.flatten(),
-                                     ignore_index=IGNORE_INDEX, reduction="sum").double()
-            count += (yw != IGNORE_INDEX).sum()
+            losses.append(F.cross_entropy(logits.float().transpose(1, 2), yw, ignore_index=IGNORE_INDEX,
+                                          reduction="none"))  # (B, T)
     model.train(was_training)
-    return total.item(), int(count.item())
+    return torch.cat(losses, dim=1).cpu()
+
+
+def evaluate_nll(model: RNNLM, x: torch.Tensor, y: torch.Tensor, bptt: int,
+                 amp_dtype: torch.dtype | None = None) -> tuple[float, int]:
+    """Summed NLL (nats) and target count over all of x, y (B, L), the hidden state carried
+    from window to window. Padded targets (IGNORE_INDEX) count neither way."""
+    losses = token_nll(model, x, y, bptt, amp_dtype)
+    return losses.double().sum().item(), int((y != IGNORE_INDEX).sum())
 
 
 def score_split(model: RNNLM, split: Split, batch_size: int, bptt: int,

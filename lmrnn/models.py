@@ -56,12 +56,24 @@ class RNNLM(nn.Module):
     def forward(self, ids: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
         """ids (B, T) -> logits (B, T, V) and the new hidden state ((L, B, H), or a pair for LSTM).
         `hidden=None` starts from zeros."""
+        features, hidden = self.encode(ids, hidden)
+        return self.decoder(features), hidden  # (B, T, V)
+
+    def encode(self, ids: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
+        """Everything but the decoder: ids (B, T) -> decoder inputs (B, T, E or H) and the new
+        state. Lets a caller decode only the positions it needs (the probes decode one of T)."""
         x = self.dropout(self.embedding(ids))  # (B, T, E)
         out, hidden = self.rnn(x, hidden)  # (B, T, H)
         out = self.dropout(out)
         if self.projection is not None:
             out = self.projection(out)  # (B, T, E)
-        return self.decoder(out), hidden  # (B, T, V)
+        return out, hidden
+
+    def next_token_logits(self, hidden: Hidden) -> torch.Tensor:
+        """(B, V) logits of the next token from a state alone: the decoder on the top layer's h,
+        which is what forward computes at the last position (in eval mode)."""
+        top = (hidden[0] if isinstance(hidden, tuple) else hidden)[-1]  # (B, H)
+        return self.decoder(self.projection(top) if self.projection is not None else top)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())  # a tied matrix counts once
@@ -75,3 +87,19 @@ def detach_hidden(hidden: Hidden | None) -> Hidden | None:
     if isinstance(hidden, tuple):
         return tuple(h.detach() for h in hidden)
     return hidden.detach()
+
+
+GATES = {"rnn": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}  # weight blocks per layer
+
+
+def count_parameters(cfg: ModelConfig) -> int:
+    """RNNLM(cfg).num_parameters() without building it (for sizing searches):
+    embedding V*E; layer l: G*H*(in_l + H) weights + 2*G*H biases (PyTorch keeps b_ih and b_hh),
+    in_0 = E, in_l = H; tied: projection H*E when H != E, decoder bias V; untied: decoder H*V + V."""
+    E, H, V, G = cfg.embedding_dim, cfg.hidden_size, cfg.vocab_size, GATES[cfg.cell]
+    recurrent = sum(G * H * ((E if layer == 0 else H) + H) + 2 * G * H for layer in range(cfg.num_layers))
+    if cfg.tie_weights:
+        output = (H * E if H != E else 0) + V
+    else:
+        output = H * V + V
+    return V * E + recurrent + output

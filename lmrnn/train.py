@@ -158,7 +158,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, overwrite: bool =
         elif tc.lr_schedule == "plateau":
             state["plateau_scale"] /= tc.plateau_factor  # wlm's anneal: lr / 4 when val stalls
         record = {"event": "eval", "split": "validation", "step": state["step"], "loss": loss,
-                  "ppl": math.exp(loss), "best": improved}
+                  "ppl": math.exp(loss), "best": improved, "seconds": round(totals["train_seconds"], 3)}
         checkpoint.append_metrics(run_dir, record)
         report.line(f"step {state['step']:>7} | epoch {epochs_done():5.2f} | val loss {loss:.3f} | "
                     f"val ppl {math.exp(loss):8.2f}{' *' if improved else ''}")
@@ -213,7 +213,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, overwrite: bool =
                     speed = interval_tokens / (time.perf_counter() - interval_start)
                     record = {"event": "train", "step": state["step"], "epoch": round(epochs_done(), 4), "lr": lr,
                               "loss": mean_loss, "ppl": math.exp(min(mean_loss, 700)), "grad_norm": mean_norm,
-                              "tokens_per_second": speed, "tokens": state["tokens"]}
+                              "tokens_per_second": speed, "tokens": state["tokens"],
+                              "seconds": round(clock()["train_seconds"], 3)}
                     checkpoint.append_metrics(run_dir, record)
                     text = (f"step {state['step']:>7} | epoch {epochs_done():5.2f} | lr {lr:.1e} | loss {mean_loss:.3f}"
                             f" | ppl {record['ppl']:8.2f} | |g| {mean_norm:.2f} | {speed / 1000:.1f}k tok/s")

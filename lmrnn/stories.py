@@ -1,4 +1,4 @@
-"""Generate the `stories` corpus: short grammar-made stories with long-range cues.
+"""The `stories` corpus: short grammar-made stories with long-range cues (the shipped default).
 
 Each line is one story. Its first sentence names a hero, their home, and a described object;
 two to four unrelated sentences follow (he/she agreeing with the hero), some naming other
@@ -7,9 +7,10 @@ the home again. Predicting those words needs the first sentence, 29 to 51 words 
 90th percentile), kept apart from the distractors in between: selective long-range memory,
 which gates give an LSTM or GRU and a plain RNN, its gradient vanishing over that distance,
 mostly lacks. The distance fits inside the default 70-token BPTT window, so a gradient can
-connect cue and recall at all.
+connect cue and recall at all. `lmrnn probe recall` draws fresh stories with a set number of
+middle sentences to measure recall against distance.
 
-    python corpora/stories/generate.py            # rewrites train.txt, valid.txt, test.txt here
+    python -m lmrnn.stories            # rewrites corpora/stories/{train,valid,test}.txt
 
 Deterministic: the same seed always writes the same bytes.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 HEROES = {
@@ -47,67 +49,85 @@ def plural(noun: str) -> str:
     return PLURALS.get(noun, noun + "s")
 
 
-def opening(hero: dict) -> str:
+def opening(rng: random.Random, hero: dict) -> str:
     forms = [
         "{name} was {a_trade} from {place} who carried {a_thing} .",
         "long ago {name} the {trade} left {place} with {a_thing} .",
         "in {place} there lived {a_trade} called {name} , who owned {a_thing} .",
     ]
-    return random.choice(forms).format(**hero, a_trade=a(hero["trade"]), a_thing=a(f"{hero['adj']} {hero['obj']}"))
+    return rng.choice(forms).format(**hero, a_trade=a(hero["trade"]), a_thing=a(f"{hero['adj']} {hero['obj']}"))
 
 
-def filler(hero: dict) -> str:
+def filler(rng: random.Random, hero: dict) -> str:
     subject = hero["pron"]
     obj = "her" if subject == "she" else "him"
-    weather, state = random.choice(WEATHER)
+    weather, state = rng.choice(WEATHER)
     # distractors: other people with other described objects, so that the closing sentence
     # cannot be guessed from the most recent name or object, only from the hero's
-    other_pron = random.choice(["she", "he"])
-    other = random.choice([n for n in HEROES[other_pron] if n != hero["name"]])
-    thing = a(f"{random.choice(ADJECTIVES)} {random.choice(OBJECTS)}")
+    other_pron = rng.choice(["she", "he"])
+    other = rng.choice([n for n in HEROES[other_pron] if n != hero["name"]])
+    thing = a(f"{rng.choice(ADJECTIVES)} {rng.choice(OBJECTS)}")
     forms = [
         f"{subject} met {other} , who showed {obj} {thing} .",
-        f"{other} the {random.choice(TRADES)} tried to sell {obj} {thing} .",
-        f"near {random.choice(PLACES)} {subject} saw {other} drop {thing} .",
-        f"{subject} walked {random.choice(DURATIONS)} through the {random.choice(TERRAIN)} .",
-        f"the {weather} was {state} and the {plural(random.choice(ANIMALS))} were {random.choice(MOODS)} .",
-        f"{subject} met {a(random.choice(TRADES))} who sold {random.choice(GOODS)} .",
-        f"{a(random.choice(ANIMALS))} followed {obj} for a while .",
-        f"at night {subject} slept near the {random.choice(TERRAIN)} .",
-        f"{subject} sang a song about the {random.choice(SEASONS)} .",
-        f"the people of the {random.choice(TERRAIN)} gave {obj} {random.choice(GOODS)} .",
-        f"{subject} was {random.choice(MOODS)} but kept going .",
+        f"{other} the {rng.choice(TRADES)} tried to sell {obj} {thing} .",
+        f"near {rng.choice(PLACES)} {subject} saw {other} drop {thing} .",
+        f"{subject} walked {rng.choice(DURATIONS)} through the {rng.choice(TERRAIN)} .",
+        f"the {weather} was {state} and the {plural(rng.choice(ANIMALS))} were {rng.choice(MOODS)} .",
+        f"{subject} met {a(rng.choice(TRADES))} who sold {rng.choice(GOODS)} .",
+        f"{a(rng.choice(ANIMALS))} followed {obj} for a while .",
+        f"at night {subject} slept near the {rng.choice(TERRAIN)} .",
+        f"{subject} sang a song about the {rng.choice(SEASONS)} .",
+        f"the people of the {rng.choice(TERRAIN)} gave {obj} {rng.choice(GOODS)} .",
+        f"{subject} was {rng.choice(MOODS)} but kept going .",
     ]
-    return random.choice(forms)
+    return rng.choice(forms)
 
 
-def closing(hero: dict) -> str:
+def closing(rng: random.Random, hero: dict) -> str:
     forms = [
         "at last {name} came home to {place} with the {adj} {obj} .",
         "and so {name} kept the {adj} {obj} forever .",
         "{name} never lost the {adj} {obj} again .",
         "in the end {name} gave the {adj} {obj} to {other} from {place} .",
     ]
-    return random.choice(forms).format(**hero, other=a(random.choice(TRADES)))
+    return rng.choice(forms).format(**hero, other=a(rng.choice(TRADES)))
 
 
-def story() -> str:
-    pron = random.choice(["she", "he"])
-    hero = {"pron": pron, "name": random.choice(HEROES[pron]), "trade": random.choice(TRADES),
-            "place": random.choice(PLACES), "adj": random.choice(ADJECTIVES), "obj": random.choice(OBJECTS)}
-    middle = [filler(hero) for _ in range(random.randint(2, 4))]
-    return " ".join([opening(hero), *middle, closing(hero)])
+@dataclass
+class Story:
+    text: str
+    hero: str  # the cue: named in the first sentence, recalled in the last
+    recall_at: int  # character offset of the recalled name in `text`
+    distance: int  # words from the cue to its recall
+
+
+def story(rng: random.Random, fillers: int | None = None) -> Story:
+    """One story with `fillers` middle sentences (default: 2 to 4, as in the corpus)."""
+    pron = rng.choice(["she", "he"])
+    hero = {"pron": pron, "name": rng.choice(HEROES[pron]), "trade": rng.choice(TRADES),
+            "place": rng.choice(PLACES), "adj": rng.choice(ADJECTIVES), "obj": rng.choice(OBJECTS)}
+    middle = [filler(rng, hero) for _ in range(rng.randint(2, 4) if fillers is None else fillers)]
+    text = " ".join([opening(rng, hero), *middle, closing(rng, hero)])
+    words = text.split()
+    # middle sentences never name the hero (distractors are other people), so the first and the
+    # last occurrence of the name are the cue and the recall
+    cue = words.index(hero["name"])
+    recall = len(words) - 1 - words[::-1].index(hero["name"])
+    return Story(text, hero["name"], text.rindex(f" {hero['name']} ") + 1, recall - cue)
+
+
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "corpora" / "stories"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--seed", type=int, default=2014)
     parser.add_argument("--stories", type=int, nargs=3, default=[1200, 80, 80], metavar=("TRAIN", "VALID", "TEST"))
     args = parser.parse_args()
-    random.seed(args.seed)
+    rng = random.Random(args.seed)  # the same stream as random.seed(seed): the corpus is unchanged
     for name, count in zip(("train", "valid", "test"), args.stories):
-        lines = [story() for _ in range(count)]
+        lines = [story(rng).text for _ in range(count)]
         (args.out / f"{name}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
