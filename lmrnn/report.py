@@ -8,6 +8,7 @@ and moved into place whole, like every other file lmrnn writes.
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,7 +81,9 @@ def _draw(axes, series: list[Series], title: str, xlabel: str, ylabel: str, logx
     colours: dict[str, str] = {}
     for line in series:
         colour = colours.setdefault(line.group or line.label, f"C{len(colours) % 10}")
-        axes.plot(line.x, line.y, color=colour, linestyle="--" if line.dashed else "-", linewidth=1.6,
+        # on a log axis a value that underflowed to 0 is left out rather than drawn
+        y = [v if v > 0 or not logy else math.nan for v in line.y]
+        axes.plot(line.x, y, color=colour, linestyle="--" if line.dashed else "-", linewidth=1.6,
                   marker="o" if len(line.x) <= 20 else None, markersize=3, label=line.label)
     axes.set_title(title)
     axes.set_xlabel(xlabel)
@@ -89,7 +92,7 @@ def _draw(axes, series: list[Series], title: str, xlabel: str, ylabel: str, logx
     if logx:
         axes.set_xscale("log")
         axes.xaxis.set_major_formatter(plain)
-    if logy and all(v > 0 for line in series for v in line.y):
+    if logy and any(v > 0 for line in series for v in line.y):
         axes.set_yscale("log")
         axes.yaxis.set_major_formatter(plain)
         axes.yaxis.set_minor_formatter(plain if _span(series) < 10 else FuncFormatter(lambda *_: ""))
@@ -99,7 +102,7 @@ def _draw(axes, series: list[Series], title: str, xlabel: str, ylabel: str, logx
 
 
 def _span(series: list[Series]) -> float:
-    values = [v for line in series for v in line.y]
+    values = [v for line in series for v in line.y if v > 0]
     return max(values) / min(values) if values else 1.0
 
 

@@ -107,3 +107,35 @@ def test_corrupted_weights_are_reported_not_raised(tiny_run, tmp_path):
     (broken / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{bad")
     assert_fails_cleanly(run("eval", broken), "model.safetensors is truncated, corrupted")
     assert_fails_cleanly(run("generate", broken, "-p", "x"), "model.safetensors is truncated, corrupted")
+
+
+def test_compare_command_prints_the_table_and_writes_the_report(corpus_dir, tmp_path):
+    out = tmp_path / "cmp"
+    args = ["compare", corpus_dir, *TINY, "--cells", "rnn,gru", "--max-steps", "4", "--out", out, "-s", "device=cpu"]
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    assert "rnn" in result.stdout and "gru" in result.stdout and "test word ppl" in result.stdout
+    assert (out / "report.md").is_file() and (out / "curves.png").is_file()
+    assert "finished earlier, kept" in run(*args).stderr  # a second call retrains nothing
+    assert_fails_cleanly(run("compare", corpus_dir, "--cells", "lstm,cnn", "--out", tmp_path / "x"), "--cells")
+    assert_fails_cleanly(run("compare", corpus_dir, "--max-steps", "0", "--out", tmp_path / "x"), "--max-steps must be > 0")
+    assert_fails_cleanly(run("compare", corpus_dir, *TINY, "--cells", "rnn", "--max-steps", "4", "--out", out),
+                         "different settings")
+
+
+def test_eval_plot_and_probe_commands(tiny_run, tmp_path):
+    curves = tmp_path / "curves.png"
+    result = run("eval", tiny_run, "--plot", curves)
+    assert result.exit_code == 0 and curves.read_bytes().startswith(b"\x89PNG"), result.output
+    gradients = run("probe", "gradients", tiny_run, "--length", "12", "--windows", "3", "--burn-in", "4",
+                    "--plot", tmp_path / "g.png", "--device", "cpu")
+    assert gradients.exit_code == 0, gradients.output
+    assert "trained" in gradients.stdout and "init" in gradients.stdout and "vanished at" in gradients.stdout
+    context = run("probe", "context", tiny_run, "--max-context", "8", "--targets", "10", "--json", "--plot", tmp_path / "c.png")
+    [row] = json.loads(context.stdout)
+    assert row["ks"] == [1, 2, 4, 8] and (tmp_path / "c.png").is_file()
+    recall = run("probe", "recall", tiny_run, "--max-fillers", "1", "--stories", "2", "--plot", tmp_path / "r.png")
+    assert recall.exit_code == 0 and "words" in recall.stdout
+    assert_fails_cleanly(run("probe", "context", tiny_run, "--max-context", "0", "--plot", tmp_path / "c.png"),
+                         "--max-context and --targets must be >= 1")
+    assert_fails_cleanly(run("probe", "gradients", tmp_path / "none", "--plot", tmp_path / "g.png"), "run directory not found")

@@ -72,3 +72,20 @@ def test_detach_hidden_keeps_values_and_cuts_the_graph():
     cut = detach_hidden(hidden)
     assert not cut[0].requires_grad and torch.equal(cut[1], hidden[1])
     assert detach_hidden(None) is None
+
+
+@pytest.mark.parametrize("cell", ["rnn", "rnn_relu", "lstm", "gru"])
+@pytest.mark.parametrize("tie,layers,embedding,hidden", [(True, 1, 16, 16), (True, 3, 16, 40), (False, 2, 24, 16)])
+def test_count_parameters_without_building(cell, tie, layers, embedding, hidden):
+    from lmrnn.models import count_parameters
+
+    cfg = ModelConfig(cell=cell, tie_weights=tie, num_layers=layers, embedding_dim=embedding, hidden_size=hidden, vocab_size=50)
+    assert count_parameters(cfg) == RNNLM(cfg).num_parameters()
+
+
+def test_next_token_logits_equal_forward_at_the_last_position():
+    for cell, hidden in (("lstm", 24), ("gru", 16)):  # with and without the tied projection
+        model = RNNLM(ModelConfig(cell=cell, embedding_dim=16, hidden_size=hidden, vocab_size=30)).eval()
+        ids = torch.randint(0, 30, (2, 7))
+        logits, state = model(ids)
+        torch.testing.assert_close(model.next_token_logits(state), logits[:, -1])
