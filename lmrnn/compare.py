@@ -23,7 +23,7 @@ import statistics
 from pathlib import Path
 
 from lmrnn import checkpoint
-from lmrnn.config import Cell, RunConfig, flatten, load_config
+from lmrnn.config import RunConfig, flatten, load_config
 from lmrnn.console import ComparisonProgress
 from lmrnn.data import Corpus, load_or_train_tokenizer
 from lmrnn.errors import UserError
