@@ -45,7 +45,7 @@ class TrainingProgress:
         self.parent = parent
         self._bar: Progress | None = None
         if self.live:
-            self._bar = parent.bar if parent is not None else _progress_bar()
+            self._bar = parent._bar if parent is not None else _progress_bar()
             self._task = self._bar.add_task("train", total=1.0, status="starting")
 
     def __enter__(self) -> "TrainingProgress":
@@ -82,7 +82,7 @@ class ComparisonProgress(TrainingProgress):
     def __init__(self, total_runs: int, enabled: bool | None = None):
         self.live = stderr.is_terminal if enabled is None else enabled
         self.parent, self.total, self.done = None, total_runs, 0
-        self.bar = self._bar = _progress_bar() if self.live else None
+        self._bar = _progress_bar() if self.live else None
         if self._bar is not None:
             self._task = self._bar.add_task("all runs", total=float(total_runs), status=f"0/{total_runs} runs")
 
