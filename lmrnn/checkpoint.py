@@ -8,16 +8,24 @@
     metrics.jsonl      one JSON object per log / eval event
     summary.json       final figures
 
-Every file is written to a temporary name and moved into place with os.replace, so an
-interrupted write never leaves a torn file.
+    .lock              held while a process trains into the folder (pid and host)
+
+Every file is written to a temporary name and moved into place with os.replace, so a crash or a
+full disk during a write leaves the previous complete file in place; only metrics.jsonl is
+appended to, and its readers skip a line torn by a crash. Reading never unpickles code:
+safetensors for weights, torch.load(weights_only=True) for the training state.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import pickle
+import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 import yaml
@@ -25,7 +33,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from lmrnn import __version__
-from lmrnn.config import RESUMABLE_KEYS, RunConfig, config_to_yaml, flatten, load_config
+from lmrnn.config import (FORMAT_VERSION, RESUMABLE_KEYS, RunConfig, config_to_yaml, flatten, load_config, migrate,
+                          missing_keys)
 from lmrnn.errors import UserError
 from lmrnn.models import RNNLM
 from lmrnn.tokenizer import Tokenizer
@@ -34,16 +43,74 @@ CONFIG, TOKENIZER, WEIGHTS = "config.yaml", "tokenizer.model", "model.safetensor
 TRAIN_STATE, METRICS, SUMMARY = "train_state.pt", "metrics.jsonl", "summary.json"
 RUN_FILES = (CONFIG, TOKENIZER, WEIGHTS, TRAIN_STATE, METRICS, SUMMARY)
 INFERENCE_FILES = (CONFIG, TOKENIZER, WEIGHTS)
+LOCK = ".lock"
+
+log = logging.getLogger(__name__)
 
 
 def _temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """`write(tmp)` then rename tmp over `path`. A failed write (full disk, unwritable folder)
+    removes tmp and becomes a UserError; `path` keeps its previous complete content."""
     tmp = _temporary(path)
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError, SafetensorError) as err:  # torch.save reports a full disk as RuntimeError
+        tmp.unlink(missing_ok=True)
+        reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[0][:200]
+        raise UserError(f"cannot write {path} ({reason}); the previous {path.name} is intact") from None
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    write_atomically(path, lambda tmp: tmp.write_bytes(data.encode() if isinstance(data, str) else data))
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir/.lock` while training into it, so two processes never write one run. A
+    lock whose process on this host is gone (killed, crashed) is stale and is cleared, together
+    with the temporary files its writes may have left."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path, host = run_dir / LOCK, socket.gethostname()
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                owner = json.loads(path.read_text(encoding="utf-8"))
+                pid, owner_host = int(owner["pid"]), str(owner["host"])
+            except (OSError, ValueError, KeyError, TypeError):
+                pid, owner_host = -1, host  # torn by a crash between create and write: stale
+            if owner_host != host or (pid > 0 and _process_alive(pid)):
+                raise UserError(f"{run_dir} is being trained by process {pid} on {owner_host}; wait for it, or "
+                                f"delete {path} if that process is gone") from None
+            log.warning("cleared a stale lock in %s left by process %d", run_dir, pid)
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps({"pid": os.getpid(), "host": host}))
+        break
+    for stale in run_dir.glob(".*.tmp*"):  # ours to remove: no other writer holds the lock
+        if stale.name[1:].split(".tmp")[0] in RUN_FILES:
+            stale.unlink(missing_ok=True)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def holds_run(run_dir: Path) -> bool:
@@ -78,12 +145,24 @@ def read_config(run_dir: Path) -> RunConfig:
 
 
 def _read_config_dict(run_dir: Path) -> dict:
+    """The saved config, migrated from older formats; every key must be there."""
+    path = run_dir / CONFIG
     try:
-        raw = yaml.safe_load((run_dir / CONFIG).read_text(encoding="utf-8"))
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as err:
-        raise UserError(f"cannot read {run_dir / CONFIG}: {str(err).splitlines()[0]}") from None
+        raise UserError(f"cannot read {path}: {str(err).splitlines()[0]}") from None
     if not isinstance(raw, dict):
-        raise UserError(f"{run_dir / CONFIG} is not a config mapping")
+        raise UserError(f"{path} is not a config mapping")
+    version = raw.pop("format", 1)  # format 1 wrote no version
+    if not isinstance(version, int) or version < 1:
+        raise UserError(f"{path}: format must be a positive integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise UserError(f"{path} was written by a newer lmrnn (run format {version}; this lmrnn {__version__} "
+                        f"reads up to {FORMAT_VERSION}); upgrade lmrnn to use this run")
+    raw = migrate(raw, version)
+    missing = missing_keys(raw)
+    if missing:
+        raise UserError(f"{path} is missing {', '.join(missing)}; it was not written by lmrnn or was edited")
     return raw
 
 
@@ -102,7 +181,7 @@ def resume_config(run_dir: Path, overrides: list[str], flags: dict[str, Any]) ->
 
 
 def save_config(run_dir: Path, cfg: RunConfig) -> None:
-    atomic_write(run_dir / CONFIG, config_to_yaml(cfg))
+    atomic_write(run_dir / CONFIG, f"format: {FORMAT_VERSION}\n" + config_to_yaml(cfg))
 
 
 def save_tokenizer(run_dir: Path, tokenizer: Tokenizer) -> None:
@@ -111,10 +190,8 @@ def save_tokenizer(run_dir: Path, tokenizer: Tokenizer) -> None:
 
 def save_weights(run_dir: Path, model: RNNLM, step: int) -> None:
     # save_model (not save_file) handles the tied embedding/decoder matrix, which shares storage
-    path = run_dir / WEIGHTS
-    tmp = _temporary(path)
-    save_model(model, str(tmp), metadata={"format": "pt", "step": str(step), "lmrnn_version": __version__})
-    os.replace(tmp, path)
+    metadata = {"format": "pt", "step": str(step), "lmrnn_version": __version__}
+    write_atomically(run_dir / WEIGHTS, lambda tmp: save_model(model, str(tmp), metadata=metadata))
 
 
 def load_weights(run_dir: Path, model: RNNLM, device: torch.device) -> None:
@@ -127,23 +204,42 @@ def load_weights(run_dir: Path, model: RNNLM, device: torch.device) -> None:
 
 
 def save_train_state(run_dir: Path, state: dict) -> None:
-    path = run_dir / TRAIN_STATE
-    tmp = _temporary(path)
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    write_atomically(run_dir / TRAIN_STATE, lambda tmp: torch.save(state, tmp))
 
 
 def load_train_state(run_dir: Path) -> dict:
+    """The resumable state. weights_only=True: tensors and plain data only, so a tampered file
+    is refused before any of its code could run."""
     path = run_dir / TRAIN_STATE
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a damaged zip or pickle
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" in str(err):  # weights_only met a function or class: refused before any call
+            raise UserError(f"{path} holds objects other than tensors and plain data; refused, since loading "
+                            f"them could run code") from None
+        raise UserError(f"{path} is truncated or corrupted and cannot be resumed (UnpicklingError)") from None
+    except Exception as err:  # torch raises many types for a damaged zip
         raise UserError(f"{path} is truncated or corrupted and cannot be resumed ({type(err).__name__})") from None
+    if not isinstance(state, dict) or not {"model", "optimizer", "rng", "step"} <= set(state):
+        raise UserError(f"{path} is not an lmrnn training state")
+    return state
 
 
 def append_metrics(run_dir: Path, record: dict) -> None:
-    with open(run_dir / METRICS, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
+    try:
+        with open(run_dir / METRICS, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+    except OSError as err:
+        raise UserError(f"cannot write {run_dir / METRICS} ({err.strerror or err})") from None
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """Drop the records written after `step` (the resume point), which the resumed run writes
+    again, so metrics.jsonl reads as if the run had never stopped."""
+    if (run_dir / METRICS).is_file():
+        kept = "".join(json.dumps(r) + "\n" for r in read_metrics(run_dir) if r.get("step", 0) <= step)
+        if kept != (run_dir / METRICS).read_text(encoding="utf-8"):
+            atomic_write(run_dir / METRICS, kept)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -39,14 +39,22 @@ RunsArg = Annotated[list[Path], typer.Argument(help="Run directories written by 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the figures as JSON instead of a table.")]
 
 
+# exit codes after a stop signal, as a shell reports them (128 + signal number)
+STOP_EXIT_CODES = {"interrupt": 130, "terminate": 143}
+
+
 @contextlib.contextmanager
 def user_errors():
-    """A UserError becomes one red line on stderr and exit code 1; anything else is a bug and raises."""
+    """A UserError becomes one red line on stderr and exit code 1; a second Ctrl-C (abort at once)
+    exits 130 without a traceback; anything else is a bug and raises."""
     try:
         yield
     except UserError as err:
         stderr.print(f"error: {err}", style="red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        stderr.print("aborted", style="red", highlight=False)
+        raise typer.Exit(130) from None
 
 
 def _version(value: bool) -> None:
@@ -75,7 +83,7 @@ def train(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory. Default: checkpoints/<corpus>-<cell>.")] = None,
     set_: SetOpt = None,
     text_column: TextColumnOpt = None,
-    resume: Annotated[bool, typer.Option(help="Continue the interrupted or finished run in --out; only stop limits and device may change.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the interrupted or finished run in --out exactly; only stop limits, device, lr, clip norm and log/save intervals may change.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace the run already in --out.")] = False,
 ) -> None:
     from lmrnn import checkpoint
@@ -100,9 +108,10 @@ def train(
                   f"{summary['train_tokens_per_second']:,.0f}", _duration(summary["wall_seconds"]),
                   f"{summary['best_val_ppl']:.2f}", f"{summary['test_ppl']:.2f}",
                   f"{summary['test_word_ppl']:.2f}", f"{summary['test_bits_per_byte']:.3f}"]])
-    if summary["stopped_by"] == "interrupt":
-        stderr.print(f"interrupted: continue with  lmrnn train --resume --out {run_dir}", soft_wrap=True, highlight=False)
-        raise typer.Exit(130)
+    if summary["stopped_by"] in STOP_EXIT_CODES:
+        stderr.print(f"stopped ({summary['stopped_by']}): continue with  lmrnn train --resume --out {run_dir}",
+                     soft_wrap=True, highlight=False)
+        raise typer.Exit(STOP_EXIT_CODES[summary["stopped_by"]])
 
 
 @app.command()
@@ -184,9 +193,9 @@ def compare(
         folder = out or Path("comparisons") / Corpus(cfg.data).name
         results = run_comparison(cfg, cell_list, seed_list, match, folder, overwrite)
     if results.get("interrupted"):
-        stderr.print(f"interrupted: run the same command again to continue the comparison in {folder}",
-                     soft_wrap=True, highlight=False)
-        raise typer.Exit(130)
+        stderr.print(f"stopped ({results['interrupted']}): run the same command again to continue the comparison "
+                     f"in {folder}", soft_wrap=True, highlight=False)
+        raise typer.Exit(STOP_EXIT_CODES[results["interrupted"]])
     print_table(f"{results['corpus']}: {', '.join(cell_list)}, --match {match}, seeds {seeds}", TABLE, table_rows(results))
     stderr.print(f"report: {folder / 'report.md'}", soft_wrap=True, highlight=False)
 

@@ -94,7 +94,7 @@ def plan_sizes(cfg: RunConfig, cells: list[str], match: str) -> tuple[str, dict[
 def compare(cfg: RunConfig, cells: list[str], seeds: list[int], match: str, out: Path,
             overwrite: bool = False, progress: ComparisonProgress | None = None) -> dict:
     """Train every (cell, seed) run into `out` (skipping finished ones), then write the results,
-    the plot and the report. Returns the results; results["interrupted"] when stopped early."""
+    the plot and the report. Returns the results; results["interrupted"] (the stop signal) when stopped early."""
     from lmrnn.train import train  # torch: imported only when a comparison runs
 
     request = {"cells": cells, "seeds": seeds, "match": match,
@@ -130,8 +130,8 @@ def compare(cfg: RunConfig, cells: list[str], seeds: list[int], match: str, out:
                 progress.line(f"{run_dir.name}: finished earlier, kept")
             progress.finished()
             summaries.append({**summary, "seed": seed, "hidden_size": hidden[cell]})
-            if summary["stopped_by"] == "interrupt":
-                return {"interrupted": True, "runs": summaries}
+            if summary["stopped_by"] != "budget":  # a stop signal: the same command continues
+                return {"interrupted": summary["stopped_by"], "runs": summaries}
 
     results = {"corpus": corpus.name, "vocab_size": tokenizer.vocab_size, "match": match, "reference": reference, "cells": cells, "seeds": seeds,
                "hidden_sizes": hidden, "params": params, "config": request["config"],

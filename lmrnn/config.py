@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,14 +96,16 @@ class TrainConfig:
     max_minutes: float = 0.0
     eval_every: int = 500  # steps between validations (also at each epoch end); 0 = epoch ends
     save_every: int = 200  # steps between train_state.pt saves for --resume; 0 = at evals only
+    save_minutes: float = 10.0  # also save when this many minutes passed since the last save; 0 = off
+    max_bad_steps: int = 10  # stop after this many steps in a row with a non-finite loss or gradient
     log_every: int = 50
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on capable CUDA
 
     def __post_init__(self) -> None:
-        for key in ("batch_size", "eval_batch_size", "bptt", "log_every"):
+        for key in ("batch_size", "eval_batch_size", "bptt", "log_every", "max_bad_steps"):
             if getattr(self, key) < 1:
                 raise UserError(f"train.{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("epochs", "max_steps", "max_minutes", "eval_every", "save_every",
+        for key in ("epochs", "max_steps", "max_minutes", "eval_every", "save_every", "save_minutes",
                     "warmup_steps", "weight_decay", "clip_grad_norm", "momentum"):
             if getattr(self, key) < 0:
                 raise UserError(f"train.{key} must be >= 0, got {getattr(self, key)}")
@@ -126,8 +129,40 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-# Keys that may change when a run is resumed: the budgets, so a finished run can be extended.
-RESUMABLE_KEYS = {"train.epochs", "train.max_steps", "train.max_minutes", "device"}
+# Keys that may change when a run is resumed: the budgets (to extend a finished run), how often
+# it logs and saves, and the two knobs that rescue a diverging run (lr, clip norm).
+RESUMABLE_KEYS = {"train.epochs", "train.max_steps", "train.max_minutes", "device", "train.log_every",
+                  "train.save_every", "train.save_minutes", "train.max_bad_steps", "train.lr",
+                  "train.clip_grad_norm"}
+
+
+# Version of the config.yaml written into a run directory. Each step up names the keys it added
+# and the values that reproduce the older behaviour, so older runs load (and resume) unchanged.
+FORMAT_VERSION = 2
+ADDED_IN_FORMAT = {2: {"train.save_minutes": 0.0, "train.max_bad_steps": 10}}
+
+
+def migrate(raw: dict, version: int) -> dict:
+    """A saved config of an older format with the keys added since filled in."""
+    raw = dict(raw)
+    for step in range(version + 1, FORMAT_VERSION + 1):
+        for key, value in ADDED_IN_FORMAT.get(step, {}).items():
+            section, leaf = key.split(".")
+            raw[section] = {leaf: value, **(raw.get(section) or {})}
+    return raw
+
+
+def missing_keys(raw: dict) -> list[str]:
+    """Dotted keys of RunConfig absent from `raw` (a saved config must name every one)."""
+    def walk(cls: type, node: Any, prefix: str) -> list[str]:
+        missing = []
+        for name, kind in _fields(cls).items():
+            if not isinstance(node, dict) or name not in node:
+                missing.append(prefix + name)
+            elif dataclasses.is_dataclass(kind):
+                missing += walk(kind, node[name], f"{prefix}{name}.")
+        return missing
+    return walk(RunConfig, raw, "")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = (),
@@ -282,9 +317,12 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
         if isinstance(value, bool):
             raise bad
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise bad from None
+        if not math.isfinite(number):  # nan passes every `< 0` check, so refuse it here
+            raise UserError(f"{key} must be a finite number, got {value!r}")
+        return number
     if kind is str:
         if isinstance(value, (dict, list)):
             raise bad

@@ -8,9 +8,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
+import statistics
 import threading
 import time
 from pathlib import Path
@@ -53,27 +55,38 @@ def budget_progress(cfg: TrainConfig, step: int, epochs_done: float, seconds: fl
     return max(used)
 
 
-class _DeferredInterrupt:
-    """Ctrl-C asks the loop to stop after the current step (state then saves cleanly and
-    --resume continues exactly); a second Ctrl-C aborts at once."""
+# a stop signal -> the summary's stopped_by (the CLI exits 130 / 143, the shell's 128 + signal)
+STOP_SIGNALS = {signal.SIGINT: "interrupt", signal.SIGTERM: "terminate"}
+
+
+class _DeferredStop:
+    """Ctrl-C (SIGINT) or SIGTERM asks the loop to stop after the current step (state then saves
+    cleanly and --resume continues exactly); a second signal aborts at once. Every file is
+    written atomically, so even an abort mid-save leaves the previous checkpoint whole."""
 
     def __init__(self, report: TrainingProgress):
-        self.report, self.asked, self.previous = report, False, None
+        self.report, self.asked, self.previous = report, None, {}
 
     def _handle(self, signum, frame) -> None:
         if self.asked:
             raise KeyboardInterrupt
-        self.asked = True
-        self.report.line("interrupt: stopping after this step and saving (Ctrl-C again to abort)")
+        self.asked = STOP_SIGNALS[signum]
+        self.report.line(f"{signal.Signals(signum).name}: stopping after this step and saving (again to abort)")
 
-    def __enter__(self) -> "_DeferredInterrupt":
+    def __enter__(self) -> "_DeferredStop":
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+            self.previous = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+def loss_jumped(recent: list[float], loss: float) -> bool:
+    """An exploding loss: perplexity above 10x the median of the recent logged intervals
+    (loss > median + ln 10). Needs a few intervals of history first."""
+    return len(recent) >= 5 and loss > statistics.median(recent) + math.log(10)
 
 
 def build_optimizer(model: RNNLM, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -85,6 +98,12 @@ def build_optimizer(model: RNNLM, cfg: TrainConfig) -> torch.optim.Optimizer:
 def train(cfg: RunConfig, run_dir: Path, resume: bool = False, overwrite: bool = False,
           progress: TrainingProgress | None = None) -> dict:
     """Train a run into `run_dir` (or continue it with `resume`) and return its summary."""
+    with contextlib.ExitStack() as held:  # the run's lock, taken once the slow set-up is done
+        return _train(cfg, run_dir, resume, overwrite, progress, held)
+
+
+def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progress: TrainingProgress | None,
+           held: contextlib.ExitStack) -> dict:
     wall_start = time.perf_counter()
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
@@ -111,18 +130,34 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, overwrite: bool =
     windows_per_epoch = num_windows(x_train, tc.bptt)
 
     # ---- model and optimizer
+    if resume and tokenizer.vocab_size != cfg.model.vocab_size:
+        raise UserError(f"{run_dir}: tokenizer.model has {tokenizer.vocab_size} pieces but config.yaml says "
+                        f"model.vocab_size={cfg.model.vocab_size}")
     cfg.model.vocab_size = tokenizer.vocab_size
     model = RNNLM(cfg.model).to(device)
     model.rnn.flatten_parameters()  # cuDNN wants one contiguous weight buffer after the move
     optimizer = build_optimizer(model, tc)
+    # interval = the log interval's running sums (loss, grad norm, good steps), kept so that a resumed
+    # run logs the same figures; recent = the last logged losses, for the exploding-loss warning
     state = {"step": 0, "epoch": 0, "window": 0, "tokens": 0, "train_seconds": 0.0, "elapsed_seconds": 0.0,
-             "best_val_loss": math.inf, "plateau_scale": 1.0, "hidden": []}
+             "best_val_loss": math.inf, "plateau_scale": 1.0, "hidden": [], "bad_steps": 0,
+             "interval": [0.0, 0.0, 0], "recent": [], "saved_at": 0.0}
+    held.enter_context(checkpoint.run_lock(run_dir))  # from here on, this process owns the folder
     if resume:
         saved = checkpoint.load_train_state(run_dir)
-        model.load_state_dict(saved.pop("model"))
-        optimizer.load_state_dict(saved.pop("optimizer"))
-        set_rng_state(saved.pop("rng"))
+        try:
+            model.load_state_dict(saved.pop("model"))
+            optimizer.load_state_dict(saved.pop("optimizer"))
+            set_rng_state(saved.pop("rng"))
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:
+            raise UserError(f"{run_dir / checkpoint.TRAIN_STATE} does not match config.yaml "
+                            f"({str(err).strip().splitlines()[0][:160]})") from None
         state.update(saved)
+        if budget_progress(tc, state["step"], state["epoch"] + state["window"] / windows_per_epoch,
+                           state["elapsed_seconds"]) >= 1.0:  # refused before anything is written
+            raise UserError("this run already reached its stop limit; raise train.epochs, train.max_steps "
+                            "or train.max_minutes to train further")
+        checkpoint.truncate_metrics(run_dir, state["step"])
         log.info("resuming %s at step %d (epoch %d, window %d)", run_dir, state["step"], state["epoch"], state["window"])
     else:
         checkpoint.clear_run(run_dir)  # only now that data, tokenizer and model are all sound
@@ -144,6 +179,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, overwrite: bool =
 
     def save_state(hidden, totals: dict) -> None:
         h = [] if hidden is None else [t.detach().cpu() for t in (hidden if isinstance(hidden, tuple) else (hidden,))]
+        state["interval"] = [loss_sum.item(), norm_sum.item(), interval_steps]
+        state["saved_at"] = totals.get("elapsed_seconds", state["elapsed_seconds"])
         checkpoint.save_train_state(run_dir, {**state, **totals, "hidden": h, "model": model.state_dict(),
                                               "optimizer": optimizer.state_dict(), "rng": rng_state()})
 
@@ -175,16 +212,15 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, overwrite: bool =
     def used() -> float:
         return budget_progress(tc, state["step"], epochs_done(), clock()["elapsed_seconds"])
 
-    if used() >= 1.0:
-        raise UserError("this run already reached its stop limit; raise train.epochs, train.max_steps "
-                        "or train.max_minutes to train further")
     model.train()
     hidden = hidden_state()
-    loss_sum = torch.zeros((), device=device)  # summed on the device: no host sync per step
-    norm_sum = torch.zeros((), device=device)
-    interval_steps, interval_tokens, interval_start = 0, 0, time.perf_counter()
+    # summed on the device between log lines (the finite check below is the step's one host sync)
+    loss_sum = torch.tensor(state["interval"][0], device=device)
+    norm_sum = torch.tensor(state["interval"][1], device=device)
+    interval_steps, interval_tokens, interval_start = state["interval"][2], 0, time.perf_counter()
+    bad_in_a_row = 0
     done = False
-    with report, _DeferredInterrupt(report) as interrupt:
+    with report, _DeferredStop(report) as stop:
         while not done:
             for x, y in windows(x_train, y_train, tc.bptt, start=state["window"]):
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -199,16 +235,32 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, overwrite: bool =
                 loss.backward()
                 # global L2 norm over all parameters, before clipping; inf = measure only
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad_norm or math.inf)
-                optimizer.step()
                 state["step"] += 1
                 state["window"] += 1
                 state["tokens"] += y.numel()
-                loss_sum += loss.detach()
-                norm_sum += grad_norm.detach()
-                interval_steps += 1
                 interval_tokens += y.numel()
+                if torch.isfinite(loss.detach() + grad_norm):
+                    optimizer.step()
+                    loss_sum += loss.detach()
+                    norm_sum += grad_norm.detach()
+                    interval_steps += 1
+                    bad_in_a_row = 0
+                else:  # skip the update: weights and optimizer stay as they were
+                    state["bad_steps"] += 1
+                    bad_in_a_row += 1
+                    hidden = None  # a non-finite state would poison every later window
+                    checkpoint.append_metrics(run_dir, {"event": "skipped", "step": state["step"],
+                                                        "loss": float(loss.detach()), "grad_norm": float(grad_norm)})
+                    report.line(f"step {state['step']:>7} | non-finite loss or gradient: update skipped "
+                                f"({bad_in_a_row} in a row, {state['bad_steps']} in all)")
+                    if bad_in_a_row >= tc.max_bad_steps:
+                        raise UserError(
+                            f"training diverged: {bad_in_a_row} steps in a row had a non-finite loss or gradient "
+                            f"(up to step {state['step']}); the last good checkpoint is kept; continue it with a "
+                            f"lower rate, e.g. lmrnn train --resume --out {run_dir} -s train.lr={tc.lr / 4:g}")
 
-                if state["step"] % tc.log_every == 0:
+                text = None
+                if state["step"] % tc.log_every == 0 and interval_steps:
                     mean_loss, mean_norm = loss_sum.item() / interval_steps, norm_sum.item() / interval_steps
                     speed = interval_tokens / (time.perf_counter() - interval_start)
                     record = {"event": "train", "step": state["step"], "epoch": round(epochs_done(), 4), "lr": lr,
@@ -220,11 +272,16 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, overwrite: bool =
                             f" | ppl {record['ppl']:8.2f} | |g| {mean_norm:.2f} | {speed / 1000:.1f}k tok/s")
                     if not report.live:
                         report.line(text)
+                    if loss_jumped(state["recent"], mean_loss):
+                        checkpoint.append_metrics(run_dir, {"event": "warning", "step": state["step"], "loss": mean_loss,
+                                                            "message": "exploding loss"})
+                        report.line(f"warning: the loss jumped to {mean_loss:.2f} (perplexity over 10x its recent "
+                                    f"median); if it keeps rising, stop and resume with a lower train.lr or "
+                                    f"train.clip_grad_norm (-s train.lr=...)")
+                    state["recent"] = (state["recent"] + [mean_loss])[-20:]
                     loss_sum.zero_()
                     norm_sum.zero_()
                     interval_steps, interval_tokens, interval_start = 0, 0, time.perf_counter()
-                else:
-                    text = None
 
                 at_epoch_end = state["window"] == windows_per_epoch
                 if at_epoch_end:
@@ -233,11 +290,13 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, overwrite: bool =
                     hidden = None  # each epoch starts from the zero state (wlm)
                 progress = used()
                 report.update(progress, text)
-                done = progress >= 1.0 or interrupt.asked
+                done = progress >= 1.0 or stop.asked is not None
                 pause_start, totals = time.perf_counter(), clock()
+                save_due = ((tc.save_every and state["step"] % tc.save_every == 0) or
+                            (tc.save_minutes and totals["elapsed_seconds"] - state["saved_at"] >= 60 * tc.save_minutes))
                 if (tc.eval_every and state["step"] % tc.eval_every == 0) or at_epoch_end or done:
                     validate(hidden, totals)
-                elif tc.save_every and state["step"] % tc.save_every == 0:
+                elif save_due:
                     save_state(hidden, totals)
                 pause = time.perf_counter() - pause_start
                 paused += pause
@@ -260,7 +319,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, overwrite: bool =
         "train_tokens_per_second": round(state["tokens"] / max(state["train_seconds"], 1e-9), 1),
         "wall_seconds": round(time.perf_counter() - wall_start, 2), "best_val_ppl": math.exp(state["best_val_loss"]),
         "test_ppl": test["ppl"], "test_word_ppl": test["word_ppl"], "test_bits_per_byte": test["bits_per_byte"],
-        "stopped_by": "interrupt" if interrupt.asked else "budget", "device": device.type, "lmrnn_version": __version__, "torch_version": torch.__version__,
+        "skipped_steps": state["bad_steps"], "stopped_by": stop.asked or "budget", "device": device.type, "lmrnn_version": __version__, "torch_version": torch.__version__,
     }
     checkpoint.write_summary(run_dir, summary)
     return summary

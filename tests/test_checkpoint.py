@@ -61,8 +61,12 @@ def test_truncated_or_mismatched_weights_are_user_errors(tmp_path):
 
 def test_corrupted_train_state_is_a_user_error(tmp_path):
     run, model, _ = make_run(tmp_path)
-    checkpoint.save_train_state(run, {"step": 4, "model": model.state_dict(), "rng": {"torch": torch.get_rng_state()}})
+    checkpoint.save_train_state(run, {"step": 4, "model": model.state_dict(), "optimizer": {},
+                                      "rng": {"torch": torch.get_rng_state()}})
     assert checkpoint.load_train_state(run)["step"] == 4  # weights_only=True accepts the plain dict
+    checkpoint.save_train_state(run, {"step": 4})
+    with pytest.raises(UserError, match="not an lmrnn training state"):
+        checkpoint.load_train_state(run)
     (run / "train_state.pt").write_bytes(b"garbage")
     with pytest.raises(UserError, match="train_state.pt is truncated or corrupted"):
         checkpoint.load_train_state(run)
@@ -78,11 +82,91 @@ def test_existing_runs_are_never_silently_replaced(tmp_path):
     assert [p.name for p in run.iterdir()] == ["notes.txt"]  # only the run's own files go
 
 
-def test_resume_may_change_only_the_stop_limits(tmp_path):
+def test_resume_may_change_only_limits_intervals_and_rescue_knobs(tmp_path):
     run, model, _ = make_run(tmp_path)
     checkpoint.save_train_state(run, {"step": 1})
-    cfg = checkpoint.resume_config(run, ["train.max_steps=99", "device=cpu"], {})
+    cfg = checkpoint.resume_config(run, ["train.max_steps=99", "device=cpu", "train.lr=0.001"], {})
     assert cfg.train.max_steps == 99
     with pytest.raises(UserError, match="cannot change model.hidden_size"):
         checkpoint.resume_config(run, ["model.hidden_size=16"], {})
     assert isinstance(checkpoint.read_config(run), RunConfig)
+
+
+def test_a_tampered_train_state_is_refused_before_its_code_runs(tmp_path):
+    """A pickle whose unpickling would call open(marker, "w") is refused; the marker never appears."""
+    run, model, _ = make_run(tmp_path)
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"step": 1, "model": model.state_dict(), "optimizer": {}, "rng": {}, "x": Payload()},
+               run / "train_state.pt")
+    with pytest.raises(UserError, match="objects other than tensors and plain data; refused"):
+        checkpoint.load_train_state(run)
+    assert not marker.exists()
+
+
+def test_config_format_versions(tmp_path):
+    run, _, cfg = make_run(tmp_path)
+    text = (run / "config.yaml").read_text()
+    assert text.startswith("format: 2\n")
+    # format 1 (no version line, no train.save_minutes / max_bad_steps) is migrated
+    old = text.replace("format: 2\n", "").replace("  save_minutes: 10.0\n", "").replace("  max_bad_steps: 10\n", "")
+    assert "save_minutes" not in old
+    (run / "config.yaml").write_text(old)
+    migrated = checkpoint.read_config(run)
+    assert migrated.train.save_minutes == 0.0 and migrated.train.max_bad_steps == 10  # format 1's behaviour
+    assert migrated.model == cfg.model
+    (run / "config.yaml").write_text(text.replace("format: 2", "format: 7"))
+    with pytest.raises(UserError, match="written by a newer lmrnn \\(run format 7; .* reads up to 2\\)"):
+        checkpoint.read_config(run)
+    (run / "config.yaml").write_text(text.replace("  bptt: 70\n", ""))
+    with pytest.raises(UserError, match="is missing train.bptt"):
+        checkpoint.read_config(run)
+    (run / "config.yaml").write_text(text.replace("  bptt: 70\n", "  bptt: 70\n  bpt: 3\n"))
+    with pytest.raises(UserError, match="unknown config key 'train.bpt'"):
+        checkpoint.read_config(run)
+
+
+def test_a_failed_write_keeps_the_previous_file_and_no_temporary(tmp_path):
+    """A full disk in the middle of a save: one clear error, the old file intact, no debris."""
+    run, model, _ = make_run(tmp_path)
+    before = (run / "model.safetensors").read_bytes()
+
+    def half_then_full_disk(tmp):
+        tmp.write_bytes(before[: len(before) // 2])
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(UserError, match="cannot write .*model.safetensors \\(No space left on device\\); the previous"):
+        checkpoint.write_atomically(run / "model.safetensors", half_then_full_disk)
+    assert (run / "model.safetensors").read_bytes() == before
+    assert not list(run.glob(".*tmp*"))
+
+
+def test_the_lock_refuses_a_live_owner_and_clears_a_dead_one(tmp_path):
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    with checkpoint.run_lock(run):
+        assert json.loads((run / ".lock").read_text())["pid"] == os.getpid()
+        with pytest.raises(UserError, match=f"being trained by process {os.getpid()}"):
+            with checkpoint.run_lock(run):
+                pass
+    assert not (run / ".lock").exists()  # released
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (run / ".lock").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    (run / ".model.safetensors.tmp99999").write_bytes(b"half")  # debris of the killed writer
+    (run / ".notes.tmp1").write_text("not ours")
+    with checkpoint.run_lock(run):
+        pass  # stale: cleared
+    assert sorted(p.name for p in run.iterdir()) == [".notes.tmp1"]
+    (run / ".lock").write_text(json.dumps({"pid": 1, "host": "elsewhere"}))
+    with pytest.raises(UserError, match="on elsewhere; wait for it, or delete"):
+        with checkpoint.run_lock(run):
+            pass

@@ -17,9 +17,11 @@ def run(*args):
 
 
 def assert_fails_cleanly(result, message):
+    """Exit 1, no traceback, and one error line holding `message` (progress log lines aside)."""
     assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output and message in result.stderr
-    assert result.stderr.strip().count("\n") == 0  # one line
+    assert "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if not line.startswith(("INFO:", "WARNING:"))]
+    assert len(errors) == 1 and errors[0].startswith("error: ") and message in errors[0], result.stderr
 
 
 def test_help_and_version():
@@ -82,31 +84,100 @@ def test_tokenizer_train_then_reuse(corpus_dir, tmp_path):
     assert (out / "tokenizer.model").read_bytes() == model.read_bytes()
 
 
-def test_user_errors_are_one_clean_line(tmp_path, tiny_run):
-    empty = tmp_path / "empty.txt"
-    empty.write_text("")
-    assert_fails_cleanly(run("train", tmp_path / "missing.txt"), "no such file or folder")
-    assert_fails_cleanly(run("train", empty, "--out", tmp_path / "r"), "is empty")
-    assert_fails_cleanly(run("train", *TINY, "-s", "model.hiden_size=3"), "did you mean model.hidden_size")
-    assert_fails_cleanly(run("train", *TINY, "-s", "train.bptt=abc"), "train.bptt must be an integer")
-    assert_fails_cleanly(run("train", "--config", tmp_path / "nope.yaml"), "config file not found")
-    assert_fails_cleanly(run("train", *TINY, "--out", tiny_run), "already holds a run")
-    assert_fails_cleanly(run("train", "--resume", "--overwrite", "--out", tiny_run), "exclude each other")
-    assert_fails_cleanly(run("train", "--resume", "--out", tiny_run, "-s", "model.hidden_size=8"), "cannot change model.hidden_size")
-    assert_fails_cleanly(run("generate", tiny_run, "--temperature", "-1"), "--temperature must be >= 0")
-    assert_fails_cleanly(run("generate", tiny_run, "--top-p", "0"), "--top-p must be in")
-    assert_fails_cleanly(run("generate", tmp_path / "nothing"), "run directory not found")
-    assert_fails_cleanly(run("eval", tmp_path), "incomplete: missing config.yaml, tokenizer.model, model.safetensors")
+class Payload:
+    """Unpickling this opens (creates) the file `marker`: code a tampered train_state.pt would run."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
 
 
-def test_corrupted_weights_are_reported_not_raised(tiny_run, tmp_path):
+@pytest.fixture
+def runs(tiny_run, tmp_path):
+    """Copies of a good run and of runs broken in every way a user may meet."""
+    import os
     import shutil
+    import socket
 
-    broken = tmp_path / "broken"
-    shutil.copytree(tiny_run, broken)
-    (broken / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{bad")
-    assert_fails_cleanly(run("eval", broken), "model.safetensors is truncated, corrupted")
-    assert_fails_cleanly(run("generate", broken, "-p", "x"), "model.safetensors is truncated, corrupted")
+    import torch
+
+    made = {}
+    for name in ("run", "weights", "newer", "mismatch", "missing_key", "tampered", "locked", "tokenizer"):
+        made[name] = tmp_path / name
+        shutil.copytree(tiny_run, made[name])
+    config = (tiny_run / "config.yaml").read_text()
+    (made["weights"] / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{bad")
+    (made["newer"] / "config.yaml").write_text(config.replace("format: 2", "format: 3"))
+    (made["mismatch"] / "config.yaml").write_text(config.replace("vocab_size: 300", "vocab_size: 299"))
+    (made["missing_key"] / "config.yaml").write_text(config.replace("  num_layers: 1\n", ""))
+    torch.save({"step": 1, "model": {}, "optimizer": {}, "rng": {}, "x": Payload(str(tmp_path / "pwned"))},
+               made["tampered"] / "train_state.pt")
+    (made["locked"] / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    (made["tokenizer"] / "tokenizer.model").write_bytes(b"not a sentencepiece model")
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "a_file").write_text("x")
+    return made
+
+
+# (command line with {placeholders}, the message stderr must hold)
+BAD_INPUTS = [
+    ("train {tmp}/missing.txt", "no such file or folder"),
+    ("train {tmp}/empty.txt --out {tmp}/new", "is empty"),
+    ("train {tiny} -s model.hiden_size=3", "did you mean model.hidden_size"),
+    ("train {tiny} -s train.bptt=abc", "train.bptt must be an integer"),
+    ("train {tiny} -s train.lr=nan", "train.lr must be a finite number"),
+    ("train {tiny} -s model", "must look like key.path=value"),
+    ("train {tiny} -s model=3", "'model' is a section"),
+    ("train {tiny} -s train.epochs=0 -s train.max_steps=0", "set at least one stop limit"),
+    ("train {tiny} -s tokenizer.vocab_size=2", "tokenizer.vocab_size must be at least 4"),
+    ("train {corpus} {tiny} -s tokenizer.vocab_size=100 --out {tmp}/new", "too small for this corpus"),
+    ("train {corpus} {tiny} -s train.bptt=5000 --out {tmp}/new", "too few for train.batch_size"),
+    ("train --config {tmp}/nope.yaml", "config file not found"),
+    ("train {corpus} {tiny} --out {run}", "already holds a run"),
+    ("train {corpus} {tiny} --out {tmp}/a_file", "is a file, not a folder"),
+    ("train --resume --overwrite --out {run}", "exclude each other"),
+    ("train --resume --out {run} {tiny}", "drop --config"),
+    ("train --resume --out {run} -s model.hidden_size=8", "cannot change model.hidden_size"),
+    ("train --resume --out {run}", "already reached its stop limit"),
+    ("train --resume --out {tampered} -s train.max_steps=50", "objects other than tensors and plain data; refused"),
+    ("train --resume --out {locked} -s train.max_steps=50", "is being trained by process"),
+    ("train --resume --out {mismatch} -s train.max_steps=50", "tokenizer.model has 300 pieces but config.yaml"),
+    ("train --resume --out {tmp}/nothing", "run directory not found"),
+    ("generate {run} --temperature -1", "--temperature must be >= 0"),
+    ("generate {run} --top-p 0", "--top-p must be in"),
+    ("generate {run} --top-k -2", "--top-k must be >= 0"),
+    ("generate {run} -n -1", "--max-new-tokens must be >= 0"),
+    ("generate {tmp}/nothing", "run directory not found"),
+    ("generate {weights} -p x", "model.safetensors is truncated, corrupted"),
+    ("generate {newer}", "written by a newer lmrnn (run format 3"),
+    ("generate {missing_key}", "is missing model.num_layers"),
+    ("generate {tokenizer}", "is not a SentencePiece model"),
+    ("eval {tmp}", "incomplete: missing config.yaml, tokenizer.model, model.safetensors"),
+    ("eval {weights}", "model.safetensors is truncated, corrupted"),
+    ("eval {mismatch}", "tokenizer.model has 300 pieces but config.yaml says model.vocab_size=299"),
+    ("eval {run} --batch-size 0", "--batch-size must be >= 1"),
+    ("eval {run} --data {tmp}/missing.txt", "no such file or folder"),
+    ("compare {corpus} --cells lstm,cnn --out {tmp}/cmp", "--cells"),
+    ("compare {corpus} --max-steps 0 --out {tmp}/cmp", "--max-steps must be > 0"),
+    ("probe context {run} --max-context 0 --plot {tmp}/c.png", "--max-context and --targets must be >= 1"),
+    ("probe gradients {tmp}/nothing --plot {tmp}/g.png", "run directory not found"),
+    ("tokenizer train {corpus} --out {run}/config.yaml", "already exists"),
+]
+
+
+@pytest.mark.parametrize("line, message", BAD_INPUTS, ids=[line.split(" {")[0] + f" #{i}" for i, (line, _) in enumerate(BAD_INPUTS)])
+def test_bad_input_fails_cleanly_and_changes_no_run(runs, corpus_dir, tmp_path, line, message):
+    """Non-zero exit, one clear line on stderr, no traceback, every run directory byte-identical."""
+    def snapshot():
+        return {p: p.read_bytes() for d in runs.values() for p in sorted(d.iterdir()) if p.is_file()}
+
+    before = snapshot()
+    args = line.format(tmp=tmp_path, tiny=" ".join(TINY), corpus=corpus_dir, **runs).split()
+    assert_fails_cleanly(run(*args), message)
+    assert snapshot() == before
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_compare_command_prints_the_table_and_writes_the_report(corpus_dir, tmp_path):

@@ -1,8 +1,11 @@
+import math
 import subprocess
 import sys
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lmrnn.config import RunConfig, config_to_yaml, flatten, load_config
 from lmrnn.errors import UserError
@@ -100,3 +103,34 @@ def test_flatten_uses_the_stable_dotted_names():
 def test_config_and_cli_help_do_not_import_torch():
     code = "import sys, lmrnn.config, lmrnn.cli; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+KEYS = sorted(flatten(RunConfig()))
+
+
+@given(key=st.sampled_from(KEYS), text=st.text(max_size=24))
+@settings(max_examples=400, deadline=None)
+def test_any_override_gives_a_typed_config_or_one_user_error(key, text):
+    """Whatever follows `key=`, the result is a config whose value has the key's type (finite
+    numbers only), or a UserError; never another exception."""
+    try:
+        cfg = load_config(overrides=[f"{key}={text}"])
+    except UserError:
+        return
+    value, default = flatten(cfg)[key], flatten(RunConfig())[key]
+    assert type(value) is type(default)
+    if isinstance(value, float):
+        assert math.isfinite(value)
+
+
+@given(n=st.integers(1, 10**12), x=st.floats(min_value=1e-30, max_value=1e30))
+@settings(deadline=None)
+def test_numeric_overrides_round_trip(n, x):
+    cfg = load_config(overrides=[f"train.bptt={n}", f"train.lr={x!r}", f"seed={-n}"])
+    assert (cfg.train.bptt, cfg.train.lr, cfg.seed) == (n, x, -n)
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", ".nan"])
+def test_non_finite_numbers_are_refused(text):
+    with pytest.raises(UserError, match="train.lr must be a finite number|train.lr must be a number"):
+        load_config(overrides=[f"train.lr={text}"])

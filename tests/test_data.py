@@ -5,6 +5,8 @@ import os
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lmrnn import data
 from lmrnn.config import DataConfig, TokenizerConfig
@@ -161,3 +163,23 @@ def test_word_and_byte_counts_match_the_published_ptb_figures(tokenizer):
     split = encode_documents(docs["test"], tokenizer)
     assert split.words == 82_430
     assert split.bytes == (SHARED_CORPORA / "ptb" / "test.txt").stat().st_size == 449_945
+
+
+@given(length=st.integers(2, 400), batch_size=st.integers(1, 12), bptt=st.integers(1, 50), pad=st.booleans())
+@settings(max_examples=200, deadline=None)
+def test_windowing_covers_every_target_once_in_order(length, batch_size, bptt, pad):
+    """Position p of the stream is target number p-1: walking the windows row by row meets
+    every target exactly once, in stream order (train drops only the last N mod B pairs)."""
+    stream = np.arange(length)  # distinct ids, so positions can be read back from values
+    if pad is False and (length - 1) // batch_size == 0:
+        return  # fewer pairs than rows: training refuses this before batching
+    x, y = batchify(stream, batch_size, pad=pad)
+    rows = [[] for _ in range(batch_size)]
+    for xw, yw in windows(x, y, bptt):
+        assert xw.shape == yw.shape and 1 <= xw.shape[1] <= bptt
+        for b in range(batch_size):
+            rows[b] += [(int(i), int(t)) for i, t in zip(xw[b], yw[b]) if t != IGNORE_INDEX]
+    pairs = [pair for row in rows for pair in row]
+    kept = length - 1 if pad else (length - 1) // batch_size * batch_size
+    assert [t for _, t in pairs] == list(range(1, kept + 1))  # each target once, in order
+    assert all(t == i + 1 for i, t in pairs)  # every input is the token just before its target

@@ -2,16 +2,21 @@ import json
 import math
 import os
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from lmrnn import checkpoint
 from lmrnn.config import TrainConfig, load_config
 from lmrnn.console import TrainingProgress
 from lmrnn.errors import UserError
-from lmrnn.train import budget_progress, learning_rate, train
+from lmrnn.models import RNNLM
+from lmrnn.train import budget_progress, learning_rate, loss_jumped, train
 from tests.conftest import REPO
 
 QUIET = TrainingProgress(enabled=False)
@@ -112,3 +117,122 @@ def test_clipping_off_and_sgd_still_train(corpus_dir, tmp_path):
     summary = train(tiny_cfg(corpus_dir, "train.clip_grad_norm=0", "train.optimizer=sgd", "train.lr=1.0",
                              "train.lr_schedule=plateau", "train.max_steps=10"), tmp_path / "run", progress=QUIET)
     assert math.isfinite(summary["test_ppl"]) and summary["steps"] == 10
+
+
+def poison_training_forward(monkeypatch, steps, factor=float("nan")):
+    """Multiply the logits of the given training steps (1-based) by `factor`."""
+    forward, calls = RNNLM.forward, [0]
+
+    def poisoned(self, x, hidden=None):
+        logits, hidden = forward(self, x, hidden)
+        if self.training:
+            calls[0] += 1
+            if calls[0] in steps:
+                logits = logits * factor
+        return logits, hidden
+
+    monkeypatch.setattr(RNNLM, "forward", poisoned)
+
+
+def test_a_non_finite_step_is_skipped_counted_and_logged(corpus_dir, tmp_path, monkeypatch):
+    saved = {}
+    save = checkpoint.save_train_state
+
+    def keep_a_copy(run_dir, state):
+        saved[state["step"]] = {k: v.clone() for k, v in state["model"].items()}
+        save(run_dir, state)
+
+    monkeypatch.setattr(checkpoint, "save_train_state", keep_a_copy)
+    poison_training_forward(monkeypatch, {5, 6})
+    summary = train(tiny_cfg(corpus_dir, "train.max_steps=10", "train.log_every=1", "train.save_every=1"),
+                    tmp_path / "run", progress=QUIET)
+    assert summary["skipped_steps"] == 2 and math.isfinite(summary["test_ppl"])
+    events = checkpoint.read_metrics(tmp_path / "run")
+    assert [e["step"] for e in events if e["event"] == "skipped"] == [5, 6]
+    assert [e["step"] for e in events if e["event"] == "train"] == [1, 2, 3, 4, 7, 8, 9, 10]
+    unchanged = [all(torch.equal(saved[s][k], saved[s - 1][k]) for k in saved[s]) for s in range(2, 11)]
+    assert unchanged == [False, False, False, True, True, False, False, False, False]  # steps 5 and 6 did nothing
+
+
+def test_divergence_stops_with_the_last_good_checkpoint_which_resumes(corpus_dir, tmp_path, monkeypatch):
+    healthy_forward = RNNLM.forward
+    poison_training_forward(monkeypatch, set(range(7, 100)))
+    run = tmp_path / "run"
+    with pytest.raises(UserError, match="training diverged: 3 steps in a row .*step 9.*-s train.lr=0.0025"):
+        train(tiny_cfg(corpus_dir, "train.max_steps=20", "train.save_every=4", "train.max_bad_steps=3"), run,
+              progress=QUIET)
+    state = checkpoint.load_train_state(run)
+    assert state["step"] == 8 and all(torch.isfinite(t).all() for t in state["model"].values())
+    assert not (run / ".lock").exists()
+    monkeypatch.setattr(RNNLM, "forward", healthy_forward)
+    summary = train(checkpoint.resume_config(run, ["train.lr=0.0025"], {}), run, resume=True, progress=QUIET)
+    assert summary["steps"] == 20 and math.isfinite(summary["test_ppl"])
+
+
+def test_an_exploding_loss_is_reported(corpus_dir, tmp_path, monkeypatch):
+    assert not loss_jumped([5.0, 5.1, 4.9, 5.0], 50.0)  # too little history yet
+    assert loss_jumped([5.0, 5.1, 4.9, 5.0, 5.2], 5.0 + math.log(10) + 0.01)
+    assert not loss_jumped([5.0, 5.1, 4.9, 5.0, 5.2], 5.0 + math.log(10) - 0.01)
+    poison_training_forward(monkeypatch, {12}, factor=50.0)
+    train(tiny_cfg(corpus_dir, "train.max_steps=14", "train.log_every=1"), tmp_path / "run", progress=QUIET)
+    warnings = [e for e in checkpoint.read_metrics(tmp_path / "run") if e["event"] == "warning"]
+    assert [(w["step"], w["message"]) for w in warnings] == [(12, "exploding loss")]
+
+
+def lmrnn_process(*args):
+    return subprocess.Popen([sys.executable, "-m", "lmrnn", *map(str, args)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_step(run_dir, step, process):
+    while process.poll() is None:
+        if (run_dir / "metrics.jsonl").exists() and any(r.get("step", 0) >= step for r in checkpoint.read_metrics(run_dir)):
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"the run ended before step {step}: {process.stderr.read()}")
+
+
+def comparable(records):
+    return [{k: v for k, v in r.items() if k not in ("seconds", "tokens_per_second")} for r in records]
+
+
+SLOW_TINY = [*("--config", REPO / "configs" / "tiny.yaml"), "-s", "device=cpu", "-s", "model.hidden_size=96",
+             "-s", "model.dropout=0.2", "-s", "train.epochs=0", "-s", "train.max_steps=150", "-s", "train.save_every=7",
+             "-s", "train.eval_every=40", "-s", "train.log_every=3"]
+
+
+def test_sigkill_at_an_arbitrary_step_then_resume_is_bit_identical(corpus_dir, tmp_path):
+    """kill -9 mid-run (mid-write, possibly): resume continues from the last save and ends with
+    the same weights, bit for bit, and the same metrics as a run never stopped."""
+    straight = lmrnn_process("train", corpus_dir, *SLOW_TINY, "--out", tmp_path / "straight")
+    assert straight.wait() == 0, straight.stderr.read()
+    killed = lmrnn_process("train", corpus_dir, *SLOW_TINY, "--out", tmp_path / "killed")
+    wait_for_step(tmp_path / "killed", 53, killed)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait() == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "summary.json").exists() and (tmp_path / "killed" / ".lock").exists()
+    resumed = lmrnn_process("train", "--resume", "--out", tmp_path / "killed")
+    assert resumed.wait() == 0, resumed.stderr.read()
+    a = checkpoint.load_train_state(tmp_path / "straight")
+    b = checkpoint.load_train_state(tmp_path / "killed")
+    assert a["step"] == b["step"] == 150
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    best = [load_file(tmp_path / name / "model.safetensors") for name in ("straight", "killed")]
+    assert all(torch.equal(best[0][k], best[1][k]) for k in best[0])  # the best weights too
+    assert comparable(checkpoint.read_metrics(tmp_path / "straight")) == comparable(checkpoint.read_metrics(tmp_path / "killed"))
+    assert sorted(p.name for p in (tmp_path / "killed").iterdir()) == sorted(checkpoint.RUN_FILES)
+
+
+def test_sigterm_saves_and_exits_143_and_the_run_resumes(corpus_dir, tmp_path):
+    run = tmp_path / "run"
+    process = lmrnn_process("train", corpus_dir, *SLOW_TINY, "--out", run)
+    wait_for_step(run, 20, process)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait() == 143
+    assert "stopped (terminate): continue with  lmrnn train --resume" in process.stderr.read()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped_by"] == "terminate" and 20 <= summary["steps"] < 150
+    assert checkpoint.load_train_state(run)["step"] == summary["steps"] and not (run / ".lock").exists()
+    resumed = lmrnn_process("train", "--resume", "--out", run)
+    assert resumed.wait() == 0, resumed.stderr.read()
+    assert json.loads((run / "summary.json").read_text())["steps"] == 150
