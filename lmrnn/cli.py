@@ -272,16 +272,21 @@ def probe_recall(
     json_: JsonOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
-    """On the stories corpus's grammar: accuracy at naming the hero where the story recalls it,
-    against the words since the hero was named (distances in words: any tokenizers compare)."""
+    """On the stories corpus's grammar, against the words since the hero was named: accuracy at
+    naming the hero where the story recalls them, and at their pronoun after sentences without a
+    person (distances in words: any tokenizers compare)."""
     from lmrnn.probes import probe_recall as run_probe
 
     with user_errors():
         rows = run_probe(run_dirs, max_fillers, stories, device, plot)
-    buckets = rows[0]["buckets"]
-    _probe_output(rows, json_, plot, "top-1 accuracy at the recalled hero name (chance with the pronoun's gender: 1/12 = 0.083)",
-                  ["run", "cell", *[f"{b['distance']:.0f} words" for b in buckets]],
-                  lambda r: [r["run"], r["cell"], *[f"{b['accuracy']:.3f}" for b in r["buckets"]]])
+    if json_:
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        for task, title in (("name", "top-1 accuracy at the recalled hero name (chance 1/24; 1/12 knowing the gender)"),
+                            ("gender", "accuracy at the hero's pronoun, he or she, after sentences with no person (chance 1/2)")):
+            print_table(title, ["run", "cell", *[f"{b['distance']:.0f} words" for b in rows[0][task]]],
+                        [[r["run"], r["cell"], *[f"{b['accuracy']:.3f}" for b in r[task]]] for r in rows])
+    stderr.print(f"plot: {plot}", highlight=False, soft_wrap=True)
 
 
 @tokenizer_app.command("train")

@@ -30,7 +30,7 @@ from lmrnn.evaluate import token_nll
 from lmrnn.models import RNNLM, Hidden
 from lmrnn.report import Series, plot_lines
 from lmrnn.runtime import resolve_device
-from lmrnn.stories import Story, story
+from lmrnn.stories import Story, agreement, story
 from lmrnn.tokenizer import Tokenizer
 
 VANISHED = 1e-3  # a gradient has vanished when its norm is below this fraction of its norm at distance 1
@@ -135,22 +135,27 @@ def geometric_ks(max_context: int) -> list[int]:
 @dataclass
 class RecallResult:
     fillers: int  # middle sentences between cue and recall
-    distance: float  # mean words from the hero's name to its recall
-    accuracy: float  # the hero's name (its first piece) is the model's top-1 prediction
+    distance: float  # mean words from the hero's name to the scored word
+    accuracy: float  # name: its first piece is the top-1 prediction; gender: the right pronoun beats the other
     nll: float  # mean NLL of that piece, nats
     stories: int
 
 
+# name: the closing sentence names the hero again (chance 1/24; 1/12 knowing the gender);
+# gender: after pronoun-free sentences, a sentence opens with he or she (chance 1/2)
+RECALL_TASKS = {"name": story, "gender": agreement}
+
+
 def recall_by_distance(model: RNNLM, tokenizer: Tokenizer, fillers: list[int], per_bucket: int,
-                       seed: int = 0) -> list[RecallResult]:
+                       seed: int = 0, task: str = "name") -> list[RecallResult]:
     """For each filler count, `per_bucket` fresh stories (same seed for every model): feed
-    [eos] + the story up to the recalled name and score the name's first piece there."""
+    [eos] + the story up to the word that needs the cue and score that word's first piece."""
     device = next(model.parameters()).device
     results = []
     model.eval()
     for count in fillers:
         rng = random.Random(f"{seed}-{count}")
-        stories = [story(rng, count) for _ in range(per_bucket)]
+        stories = [RECALL_TASKS[task](rng, count) for _ in range(per_bucket)]
         contexts, targets = zip(*(_recall_example(s, tokenizer) for s in stories))
         width = max(map(len, contexts))
         # right-padding does not reach back: position len-1 of each row sees only its own story
@@ -162,19 +167,26 @@ def recall_by_distance(model: RNNLM, tokenizer: Tokenizer, fillers: list[int], p
             features, _ = model.encode(x.to(device))
             logits = model.decoder(features[torch.arange(len(stories), device=device), last]).float()  # (N, V)
         target = torch.tensor(targets, device=device)
-        results.append(RecallResult(count, float(np.mean([s.distance for s in stories])),
-                                    (logits.argmax(-1) == target).float().mean().item(),
+        if task == "gender":  # the hero's pronoun against the other one
+            rivals = [_recall_example(s, tokenizer, {"she": "he", "he": "she"}[s.answer])[1] for s in stories]
+            other = torch.tensor(rivals, device=device)
+            hits = logits.gather(1, target[:, None]) > logits.gather(1, other[:, None])
+        else:
+            hits = logits.argmax(-1) == target
+        results.append(RecallResult(count, float(np.mean([s.distance for s in stories])), hits.float().mean().item(),
                                     F.cross_entropy(logits, target).item(), len(stories)))
     return results
 
 
-def _recall_example(item: Story, tokenizer: Tokenizer) -> tuple[list[int], int]:
-    """Context ids ([eos] + text before the recalled name) and the name's first piece."""
+def _recall_example(item: Story, tokenizer: Tokenizer, answer: str | None = None) -> tuple[list[int], int]:
+    """Context ids ([eos] + text before the scored word) and the first piece of that word
+    (`answer`, by default the story's own)."""
+    answer = answer or item.answer
     prefix = item.text[:item.recall_at].rstrip()
     context = [tokenizer.eos_id] + tokenizer.encode(prefix)
-    whole = [tokenizer.eos_id] + tokenizer.encode(f"{prefix} {item.hero}")
-    if whole[:len(context)] != context:  # the name merged with the text before it: never for " name"
-        raise UserError(f"the tokenizer does not split before the word {item.hero!r}; recall cannot be scored")
+    whole = [tokenizer.eos_id] + tokenizer.encode(f"{prefix} {answer}")
+    if whole[:len(context)] != context:  # the word merged with the text before it: never for " word"
+        raise UserError(f"the tokenizer does not split before the word {answer!r}; recall cannot be scored")
     return context, whole[len(context)]
 
 
@@ -266,15 +278,20 @@ def probe_context(run_dirs: list[Path], max_context: int = 400, targets: int = 1
 
 def probe_recall(run_dirs: list[Path], max_fillers: int = 8, per_bucket: int = 200, device: str = "auto",
                  plot: Path | None = None) -> list[dict]:
-    """Hero-name recall accuracy against distance in words (tokenizer-independent) per run."""
+    """Recall accuracy of the hero's name and of their gender against distance in words
+    (tokenizer-independent), per run."""
     if max_fillers < 0 or per_bucket < 1:
         raise UserError("--max-fillers must be >= 0 and --stories >= 1")
     rows, series = [], []
     for run in load_probe_runs(run_dirs, device, same_tokenizer=False):
-        buckets = recall_by_distance(run.model, run.tokenizer, list(range(max_fillers + 1)), per_bucket)
-        rows.append({"run": run.label, "cell": run.cell, "buckets": [asdict(b) for b in buckets]})
-        series.append(Series(run.label, [b.distance for b in buckets], [b.accuracy for b in buckets], run.label))
+        row = {"run": run.label, "cell": run.cell}
+        for task in RECALL_TASKS:
+            buckets = recall_by_distance(run.model, run.tokenizer, list(range(max_fillers + 1)), per_bucket, task=task)
+            row[task] = [asdict(b) for b in buckets]
+            series.append(Series(f"{run.label}: {task}", [b.distance for b in buckets], [b.accuracy for b in buckets],
+                                 run.label, dashed=task == "gender"))
+        rows.append(row)
     if plot is not None:
-        plot_lines(series, plot, "naming the hero where the story recalls it",
-                   "words since the hero was named", "top-1 accuracy")
+        plot_lines(series, plot, "hero recall: name (solid, chance 1/24), gender (dashed, chance 1/2)",
+                   "words since the hero was named", "accuracy")
     return rows

@@ -96,16 +96,20 @@ def closing(rng: random.Random, hero: dict) -> str:
 @dataclass
 class Story:
     text: str
-    hero: str  # the cue: named in the first sentence, recalled in the last
-    recall_at: int  # character offset of the recalled name in `text`
-    distance: int  # words from the cue to its recall
+    answer: str  # the word that needs the cue: the hero's name again, or (agreement) their pronoun
+    recall_at: int  # character offset of `answer` where it is to be predicted
+    distance: int  # words from the cue (the hero's name in the opening) to `answer`
+
+
+def _hero(rng: random.Random) -> dict:
+    pron = rng.choice(["she", "he"])
+    return {"pron": pron, "name": rng.choice(HEROES[pron]), "trade": rng.choice(TRADES),
+            "place": rng.choice(PLACES), "adj": rng.choice(ADJECTIVES), "obj": rng.choice(OBJECTS)}
 
 
 def story(rng: random.Random, fillers: int | None = None) -> Story:
     """One story with `fillers` middle sentences (default: 2 to 4, as in the corpus)."""
-    pron = rng.choice(["she", "he"])
-    hero = {"pron": pron, "name": rng.choice(HEROES[pron]), "trade": rng.choice(TRADES),
-            "place": rng.choice(PLACES), "adj": rng.choice(ADJECTIVES), "obj": rng.choice(OBJECTS)}
+    hero = _hero(rng)
     middle = [filler(rng, hero) for _ in range(rng.randint(2, 4) if fillers is None else fillers)]
     text = " ".join([opening(rng, hero), *middle, closing(rng, hero)])
     words = text.split()
@@ -114,6 +118,19 @@ def story(rng: random.Random, fillers: int | None = None) -> Story:
     cue = words.index(hero["name"])
     recall = len(words) - 1 - words[::-1].index(hero["name"])
     return Story(text, hero["name"], text.rindex(f" {hero['name']} ") + 1, recall - cue)
+
+
+def agreement(rng: random.Random, fillers: int) -> Story:
+    """The opening, `fillers` weather sentences (no person in them), then a sentence that opens
+    with the hero's pronoun. Nothing but the name, `distance` words back, tells he from she."""
+    hero = _hero(rng)
+    middle = []
+    for _ in range(fillers):
+        weather, state = rng.choice(WEATHER)
+        middle.append(f"the {weather} was {state} and the {plural(rng.choice(ANIMALS))} were {rng.choice(MOODS)} .")
+    head = " ".join([opening(rng, hero), *middle])
+    text = f"{head} {hero['pron']} was {rng.choice(MOODS)} but kept going ."
+    return Story(text, hero["pron"], len(head) + 1, len(head.split()) - head.split().index(hero["name"]))
 
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "corpora" / "stories"

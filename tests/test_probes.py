@@ -12,7 +12,7 @@ from lmrnn.evaluate import evaluate_nll
 from lmrnn.models import RNNLM
 from lmrnn.probes import (context_losses, effective_context, geometric_ks, gradient_norms, probe_context,
                           probe_gradients, probe_recall, probe_windows, recall_by_distance, vanishing_distance)
-from lmrnn.stories import story
+from lmrnn.stories import HEROES, agreement, story
 from lmrnn.tokenizer import Tokenizer
 from tests.conftest import REPO
 
@@ -115,10 +115,21 @@ def test_effective_context_and_ks():
 def test_stories_mark_the_cue_and_its_recall():
     item = story(random.Random(3), fillers=5)
     words = item.text.split()
-    assert item.text[item.recall_at:].split()[0] == item.hero
-    assert words.count(item.hero) == 2
-    assert item.distance == len(words) - 1 - words[::-1].index(item.hero) - words.index(item.hero)
+    assert item.text[item.recall_at:].split()[0] == item.answer
+    assert words.count(item.answer) == 2
+    assert item.distance == len(words) - 1 - words[::-1].index(item.answer) - words.index(item.answer)
     assert item.text.count(" . ") == 1 + 5  # opening, five middle sentences, closing
+
+
+def test_agreement_stories_name_no_person_between_cue_and_pronoun():
+    item = agreement(random.Random(4), fillers=3)
+    words = item.text.split()
+    assert item.answer in ("she", "he") and item.text[item.recall_at:].split()[0] == item.answer
+    before = item.text[:item.recall_at].split()
+    names = [w for w in before if w in HEROES["she"] + HEROES["he"]]
+    assert len(names) == 1 and names[0] in HEROES[item.answer]  # the cue: the only name, of the right gender
+    assert not {"she", "he", "her", "him"} & set(before)  # nothing else gives the gender away
+    assert item.distance == len(before) - before.index(names[0]) and words.count(".") == 1 + 3 + 1
 
 
 def test_stories_generator_rewrites_the_shipped_corpus_byte_for_byte(tmp_path):
@@ -130,22 +141,30 @@ def test_stories_generator_rewrites_the_shipped_corpus_byte_for_byte(tmp_path):
         assert (tmp_path / f"{name}.txt").read_bytes() == (REPO / "corpora" / "stories" / f"{name}.txt").read_bytes()
 
 
-def test_recall_batch_equals_scoring_each_story_alone(tiny_run):
+@pytest.mark.parametrize("task", ["name", "gender"])
+def test_recall_batch_equals_scoring_each_story_alone(tiny_run, task):
     from lmrnn import checkpoint
 
     model, tokenizer, _ = checkpoint.load_run(tiny_run, torch.device("cpu"))
-    results = recall_by_distance(model, tokenizer, [0, 3], per_bucket=6, seed=5)
+    results = recall_by_distance(model, tokenizer, [0, 3], per_bucket=6, seed=5, task=task)
     assert [r.fillers for r in results] == [0, 3] and results[0].distance < results[1].distance
+    make = {"name": story, "gender": agreement}[task]
+
+    def first_piece(prefix, word):
+        return ([tokenizer.eos_id] + tokenizer.encode(f"{prefix} {word}"))[len(tokenizer.encode(prefix)) + 1]
+
     for result in results:
         rng = random.Random(f"5-{result.fillers}")
         hits, nll = 0, 0.0
-        for item in (story(rng, result.fillers) for _ in range(6)):
+        for item in (make(rng, result.fillers) for _ in range(6)):
             prefix = item.text[:item.recall_at].rstrip()
-            context = [tokenizer.eos_id] + tokenizer.encode(prefix)
-            target = ([tokenizer.eos_id] + tokenizer.encode(f"{prefix} {item.hero}"))[len(context)]
+            target = first_piece(prefix, item.answer)
             with torch.no_grad():
-                logits = model(torch.tensor([context]))[0][0, -1]
-            hits += int(logits.argmax()) == target
+                logits = model(torch.tensor([[tokenizer.eos_id] + tokenizer.encode(prefix)]))[0][0, -1]
+            if task == "name":
+                hits += int(logits.argmax()) == target
+            else:  # the right pronoun scores above the other one
+                hits += bool(logits[target] > logits[first_piece(prefix, "he" if item.answer == "she" else "she")])
             nll += F.cross_entropy(logits[None], torch.tensor([target])).item()
         assert result.accuracy == pytest.approx(hits / 6) and result.nll == pytest.approx(nll / 6, rel=1e-5)
 
@@ -159,7 +178,7 @@ def test_probes_on_runs_write_plots(tiny_run, tmp_path):
     assert rows[0]["losses"][0] > rows[0]["full_context_loss"]  # one token of context is worse than all
     assert (tmp_path / "c.png").read_bytes().startswith(PNG)
     rows = probe_recall([tiny_run], max_fillers=1, per_bucket=3, plot=tmp_path / "r.png", device="cpu")
-    assert len(rows[0]["buckets"]) == 2 and (tmp_path / "r.png").read_bytes().startswith(PNG)
+    assert len(rows[0]["name"]) == len(rows[0]["gender"]) == 2 and (tmp_path / "r.png").read_bytes().startswith(PNG)
 
 
 def test_probes_refuse_runs_with_different_tokenizers(tiny_run, tmp_path):
