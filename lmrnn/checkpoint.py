@@ -75,7 +75,7 @@ def _process_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, owned by someone else
-        return True
+        pass
     return True
 
 
@@ -104,6 +104,8 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         with os.fdopen(fd, "w") as handle:
             handle.write(json.dumps({"pid": os.getpid(), "host": host}))
         break
+    else:  # another process took the cleared lock first
+        raise UserError(f"{run_dir} is being trained by another process; wait for it")
     for stale in run_dir.glob(".*.tmp*"):  # ours to remove: no other writer holds the lock
         if stale.name[1:].split(".tmp")[0] in RUN_FILES:
             stale.unlink(missing_ok=True)
