@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Callable, Literal, Optional
 
 import typer
 
@@ -204,11 +204,13 @@ PlotOpt = Annotated[Path, typer.Option(help="Where to draw the plot (PNG).")]
 DataOpt = Annotated[Optional[str], typer.Option(help="Probe this corpus's validation split instead of each run's own.")]
 
 
-def _probe_output(rows: list[dict], json_: bool, plot: Path, title: str, columns: list[str], cells) -> None:
+def _probe_output(rows: list[dict], json_: bool, plot: Path, *tables: tuple[str, list[str], Callable]) -> None:
+    """The rows as JSON, or one table per (title, columns, row -> cells); then where the plot is."""
     if json_:
         typer.echo(json.dumps(rows, indent=2))
     else:
-        print_table(title, columns, [cells(row) for row in rows])
+        for title, columns, cells in tables:
+            print_table(title, columns, [cells(row) for row in rows])
     stderr.print(f"plot: {plot}", highlight=False, soft_wrap=True)
 
 
@@ -234,11 +236,11 @@ def probe_gradients(
     with user_errors():
         rows = run_probe(run_dirs, length, windows, burn_in, init, data, device, plot)
     marks = [d for d in (1, 10, 50, 100) if d < length]
-    _probe_output(rows, json_, plot, f"gradient norm by distance, relative to distance 1 (vanished: < {VANISHED:g})",
+    _probe_output(rows, json_, plot, (f"gradient norm by distance, relative to distance 1 (vanished: < {VANISHED:g})",
                   ["run", "cell", "model", "|g| at 1", *[f"at {d}" for d in marks[1:]], f"at {length - 1}", "vanished at"],
                   lambda r: [r["run"], r["cell"], r["model"], f"{r['norms'][1]:.3g}",
                              *[f"{r['norms'][d] / r['norms'][1]:.2g}" for d in marks[1:]],
-                             f"{r['norms'][-1] / r['norms'][1]:.2g}", _distance(r["vanishing_distance"], length - 1)])
+                             f"{r['norms'][-1] / r['norms'][1]:.2g}", _distance(r["vanishing_distance"], length - 1)]))
 
 
 @probe_app.command("context")
@@ -257,10 +259,10 @@ def probe_context(
     with user_errors():
         rows = run_probe(run_dirs, max_context, targets, data, device, plot)
     ks = rows[0]["ks"]
-    _probe_output(rows, json_, plot, "mean NLL (nats) with the last k tokens of context; effective = within 1% of full",
+    _probe_output(rows, json_, plot, ("mean NLL (nats) with the last k tokens of context; effective = within 1% of full",
                   ["run", "cell", *[f"k={k}" for k in ks], "full", "effective k"],
                   lambda r: [r["run"], r["cell"], *[f"{v:.3f}" for v in r["losses"]], f"{r['full_context_loss']:.3f}",
-                             _distance(r["effective_context"], ks[-1])])
+                             _distance(r["effective_context"], ks[-1])]))
 
 
 @probe_app.command("recall")
@@ -279,14 +281,12 @@ def probe_recall(
 
     with user_errors():
         rows = run_probe(run_dirs, max_fillers, stories, device, plot)
-    if json_:
-        typer.echo(json.dumps(rows, indent=2))
-    else:
-        for task, title in (("name", "top-1 accuracy at the recalled hero name (chance 1/24; 1/12 knowing the gender)"),
-                            ("gender", "accuracy at the hero's pronoun, he or she, after sentences with no person (chance 1/2)")):
-            print_table(title, ["run", "cell", *[f"{b['distance']:.0f} words" for b in rows[0][task]]],
-                        [[r["run"], r["cell"], *[f"{b['accuracy']:.3f}" for b in r[task]]] for r in rows])
-    stderr.print(f"plot: {plot}", highlight=False, soft_wrap=True)
+    titles = {"name": "top-1 accuracy at the recalled hero name (chance 1/24; 1/12 knowing the gender)",
+              "gender": "accuracy at the hero's pronoun, he or she, after sentences with no person (chance 1/2)"}
+    _probe_output(rows, json_, plot, *[
+        (title, ["run", "cell", *[f"{b['distance']:.0f} words" for b in rows[0][task]]],
+         lambda r, task=task: [r["run"], r["cell"], *[f"{b['accuracy']:.3f}" for b in r[task]]])
+        for task, title in titles.items()])
 
 
 @tokenizer_app.command("train")
