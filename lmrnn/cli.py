@@ -8,7 +8,13 @@ inside the commands so that `lmrnn --help` stays instant.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import math
+import os
+import stat
+import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Callable, Literal, Optional
 
@@ -114,24 +120,132 @@ def train(
         raise typer.Exit(STOP_EXIT_CODES[summary["stopped_by"]])
 
 
+def _read_text(path: Path) -> str:
+    """A UTF-8 text file, or stdin for '-'."""
+    if str(path) == "-":
+        return sys.stdin.read()
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is a folder, not a text file") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text") from None
+
+
+def _stdin_is_piped() -> bool:
+    """True when stdin is a pipe or a redirected file (not a terminal, not /dev/null)."""
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError, io.UnsupportedOperation):  # replaced by a test runner
+        return not sys.stdin.isatty()
+    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode)
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
 @app.command()
 def generate(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `lmrnn train`.")],
-    prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text to continue; empty = start of text.")] = "",
+    prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Text to continue; lines are documents. Without it (or --prompt-file), piped stdin, else the start of text.")] = None,
+    prompt_file: Annotated[Optional[Path], typer.Option(help="Read the prompt from this file ('-' = stdin); one final newline is dropped.")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", help="Tokens to generate at most.")] = 200,
-    temperature: Annotated[float, typer.Option("--temperature", "-t", help="0 = greedy; higher = more random.")] = 1.0,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", "-t", help="0 = greedy; higher = more random. [default: 1]")] = None,
     top_k: Annotated[int, typer.Option(help="Sample among the k most likely tokens only (0 = off).")] = 0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling: smallest set with probability >= p (1 = off).")] = 1.0,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed: the same seed gives the same text.")] = None,
+    min_p: Annotated[float, typer.Option(help="Drop tokens less likely than min-p times the most likely one (0 = off).")] = 0.0,
+    repetition_penalty: Annotated[float, typer.Option(help="> 1 makes tokens already in the text less likely (1 = off).")] = 1.0,
+    no_repeat_ngram: Annotated[int, typer.Option(help="Never repeat an n-gram of this size (0 = off).")] = 0,
+    beams: Annotated[int, typer.Option(help="Beam search with this many beams (1 = off); deterministic.")] = 1,
+    length_penalty: Annotated[float, typer.Option(help="Beam score = log p / length^this: > 0 favours longer texts.")] = 1.0,
+    num_return: Annotated[int, typer.Option(help="With --beams: how many of the best beams to print.")] = 1,
+    num_samples: Annotated[int, typer.Option(help="Independent samples, drawn as one batch; printed as blocks separated by a blank line.")] = 1,
+    stop: Annotated[Optional[list[str]], typer.Option(help="End when the text contains this string, which is cut off (repeatable; \\n and \\t are understood).")] = None,
+    max_seconds: Annotated[Optional[float], typer.Option(help="End after this many seconds.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed: the same seed, options, model and device give the same text.")] = None,
     stop_at_eos: Annotated[bool, typer.Option("--stop-at-eos/--no-stop-at-eos", help="End at the first end-of-sequence; otherwise it starts a new line.")] = True,
+    echo: Annotated[bool, typer.Option("--echo/--no-echo", help="Print the prompt before its continuation.")] = True,
+    json_: Annotated[bool, typer.Option("--json", help="Print the prompt, continuations, token counts and log-probabilities as JSON.")] = False,
+    interactive: Annotated[bool, typer.Option("--interactive", "-i", help="Read prompts line by line, keeping the model loaded; Ctrl-D quits.")] = False,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Continue a prompt with a trained model; the text goes to stdout."""
-    from lmrnn.generate import generate_text
+    """Continue a prompt with a trained model. The text streams to stdout as it is generated;
+    nothing else goes there."""
+    from lmrnn.generate import TextGenerator
+    from lmrnn.sampling import Decoding
 
     with user_errors():
-        text = generate_text(run_dir, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos, device)
-    typer.echo(text)
+        decoding = Decoding(temperature, top_k, top_p, min_p, repetition_penalty, no_repeat_ngram, beams,
+                            length_penalty, num_return, num_samples, max_new_tokens)
+        if prompt is not None and prompt_file is not None:
+            raise UserError("give the prompt once: --prompt or --prompt-file")
+        if interactive and (prompt is not None or prompt_file is not None or json_):
+            raise UserError("--interactive reads its prompts from the keyboard; drop --prompt, --prompt-file and --json")
+        stops = [s.replace("\\n", "\n").replace("\\t", "\t") for s in stop or []]
+        generator = TextGenerator(run_dir, device)
+        rng = generator.random_generator(seed)
+        stream = decoding.batch_size == 1 and not json_
+
+        def run(text: str) -> None:
+            if stream and echo:
+                _write(text)
+            generation = generator.generate(text, decoding, rng, stops, stop_at_eos, max_seconds,
+                                            _write if stream else None)
+            if json_:
+                _write(json.dumps({"run": str(run_dir), "seed": seed, "decoding": asdict(decoding),
+                                   **generation.as_dict()}, indent=2) + "\n")
+            elif stream:
+                _write("\n")
+            else:
+                _write("\n\n".join((text if echo else "") + c.text for c in generation.continuations) + "\n")
+
+        if not interactive:
+            if prompt_file is not None:
+                prompt = _read_text(prompt_file).removesuffix("\n")
+            elif prompt is None:
+                prompt = sys.stdin.read().removesuffix("\n") if _stdin_is_piped() else ""
+            run(prompt)
+            return
+        stderr.print("a prompt per line; an empty line starts from the start of text; Ctrl-C stops a text, Ctrl-D quits",
+                     highlight=False)
+        while True:
+            stderr.print("> ", end="", highlight=False)
+            line = sys.stdin.readline()
+            if not line:
+                break
+            try:
+                run(line.removesuffix("\n"))
+            except KeyboardInterrupt:
+                _write("\n")
+
+
+@app.command()
+def score(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `lmrnn train`.")],
+    text_file: Annotated[Path, typer.Option(help="Lines to score ('-' = stdin).")] = Path("-"),
+    batch_size: Annotated[int, typer.Option(help="Lines scored side by side.")] = 32,
+    json_: JsonOpt = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Log-probability, token count and perplexity of each line, each scored on its own from the
+    start-of-text state with its end-of-line included: sentence scoring and reranking."""
+    from lmrnn.evaluate import score_lines
+
+    with user_errors():
+        text = _read_text(text_file)
+        scores = score_lines(run_dir, text.removesuffix("\n").split("\n") if text else [], device, batch_size)
+    if json_:
+        _write(json.dumps([s.as_dict() for s in scores], indent=2) + "\n")
+        return
+    tokens, logprob = sum(s.tokens for s in scores), sum(s.logprob for s in scores)
+    print_table(f"{len(scores)} lines, {tokens:,} tokens: log-probability {logprob:.2f}, "
+                f"ppl {math.exp(min(-logprob / tokens, 700)):.2f}",
+                ["line", "tokens", "logprob", "ppl", "text"],
+                [[str(i), str(s.tokens), f"{s.logprob:.3f}", f"{s.ppl:.2f}", s.text[:60]] for i, s in enumerate(scores, 1)])
 
 
 @app.command("eval")

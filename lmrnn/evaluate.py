@@ -104,3 +104,43 @@ def evaluate_run(run_dir: Path, split: str = "test", data: str | None = None,
     nll, tokens = score_split(model, text, batch_size or cfg.train.eval_batch_size, cfg.train.bptt)
     return EvalResult(run=str(run_dir), split=split, tokens=tokens, words=text.words, bytes=text.bytes,
                       nll=nll, params=model.num_parameters(), cell=cfg.model.cell, **figures(nll, text))
+
+
+@dataclass
+class LineScore:
+    text: str
+    tokens: int  # the line's tokens plus its end-of-line (end-of-sequence)
+    logprob: float  # natural log-probability of those tokens given the start-of-text state
+
+    @property
+    def ppl(self) -> float:
+        return _exp(-self.logprob / self.tokens)
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "ppl": self.ppl}
+
+
+def score_lines(run_dir: Path, lines: list[str], device: str = "auto", batch_size: int = 32) -> list[LineScore]:
+    """Each line scored on its own, as a document: [eos] line [eos], every target predicted from
+    the start-of-text state. The same NLL `eval` gives a one-line split. Lines are batched
+    longest first, padded on the right (a recurrent model never sees the padding of its row)."""
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    model, tokenizer, cfg = checkpoint.load_run(run_dir, resolve_device(device))
+    if not lines:
+        raise UserError("nothing to score: the text has no lines")
+    eos = tokenizer.eos_id
+    sequences = [[eos] + ids + [eos] for ids in tokenizer.encode_batch(lines)]
+    order = sorted(range(len(lines)), key=lambda i: -len(sequences[i]))
+    logprobs = [0.0] * len(lines)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        length = len(sequences[rows[0]]) - 1
+        x = torch.full((len(rows), length), eos, dtype=torch.long)
+        y = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+        for b, i in enumerate(rows):
+            sequence = torch.tensor(sequences[i])
+            x[b, :len(sequence) - 1], y[b, :len(sequence) - 1] = sequence[:-1], sequence[1:]
+        for i, nll in zip(rows, token_nll(model, x, y, cfg.train.bptt).double().sum(dim=1).tolist()):
+            logprobs[i] = -nll
+    return [LineScore(line, len(seq) - 1, logprob) for line, seq, logprob in zip(lines, sequences, logprobs)]

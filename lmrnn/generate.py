@@ -1,92 +1,284 @@
-"""Text generation: the sampling maths (small, pure) and the token-by-token loop.
+"""Text generation from a run: prompts in, continuations out, streamed as whole characters.
 
-The prompt is fed once; after that each new token is fed alone with the carried hidden state,
-so an RNN never re-reads its prefix.
+The prompt is fed in one call; after that each new token is fed alone with the carried hidden
+state, so an RNN never re-reads its prefix. The decoding maths lives in `sampling` and `beam`.
+
+A prompt's lines are documents, as in training: the ids are [eos] line1 [eos] line2 ..., where
+the leading end-of-sequence gives the model its start-of-text state.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
 
 from lmrnn import checkpoint
+from lmrnn.beam import beam_search
 from lmrnn.errors import UserError
+from lmrnn.models import map_hidden
 from lmrnn.runtime import resolve_device
+from lmrnn.sampling import Decoding, NgramBlocker, apply_repetition_penalty, pick_next
+from lmrnn.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
-
-def check_sampling(temperature: float, top_k: int, top_p: float, max_new_tokens: int) -> None:
-    if temperature < 0:
-        raise UserError(f"--temperature must be >= 0 (0 = greedy), got {temperature}")
-    if top_k < 0:
-        raise UserError(f"--top-k must be >= 0 (0 = off), got {top_k}")
-    if not 0.0 < top_p <= 1.0:
-        raise UserError(f"--top-p must be in (0, 1] (1 = off), got {top_p}")
-    if max_new_tokens < 0:
-        raise UserError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
+CONTEXT_TOKENS = 8  # prompt tokens decoded with the first new ones, so spacing comes out right
 
 
-def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Set to -inf every logit outside the top-k, then outside the nucleus: the smallest set of
-    most likely tokens whose probability sums to at least `top_p` (Holtzman et al. 2019).
-    logits (..., V) -> (..., V)."""
-    if top_k and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        # drop a token when the tokens ranked above it already reach top_p; the first always stays
-        drop_sorted = probs.cumsum(dim=-1) - probs >= top_p
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
+@dataclass
+class Continuation:
+    text: str  # the generated text alone, cut before a stop string
+    tokens: int  # generated ids, an ending end-of-sequence included
+    logprob: float  # the model's log-probability of those ids (nats, before penalties)
+    finish_reason: str  # eos | stop | length | time
+    score: float | None = None  # beam search's length-normalised score
+
+    def as_dict(self) -> dict:
+        return {key: value for key, value in asdict(self).items() if value is not None}
 
 
-def sample_next(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None,
-                top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Next token ids from logits (B, V) -> (B,): argmax when temperature == 0, otherwise a
-    draw from softmax(logits / temperature) after top-k / top-p filtering."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(dim=-1)
-    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
+@dataclass
+class Generation:
+    prompt: str
+    prompt_tokens: int  # the prompt's ids, the start-of-text end-of-sequence not counted
+    continuations: list[Continuation]
+
+    def as_dict(self) -> dict:
+        return {"prompt": self.prompt, "prompt_tokens": self.prompt_tokens,
+                "continuations": [c.as_dict() for c in self.continuations]}
 
 
-def generate_text(run_dir: Path, prompt: str, max_new_tokens: int = 200, temperature: float = 1.0,
-                  top_k: int = 0, top_p: float = 1.0, seed: int | None = None, stop_at_eos: bool = True,
-                  device: str = "auto") -> str:
-    """The prompt followed by its continuation, decoded. With `stop_at_eos`, generation ends at
-    the first end-of-sequence; otherwise each one starts a new line."""
-    check_sampling(temperature, top_k, top_p, max_new_tokens)
-    model, tokenizer, _ = checkpoint.load_run(run_dir, resolve_device(device))
-    generator = torch.Generator()
-    if seed is None:
-        generator.seed()  # a fresh random seed
-    else:
-        generator.manual_seed(seed)
-    eos = tokenizer.eos_id
-    prompt_ids = tokenizer.encode(prompt)
-    if not prompt_ids:
-        log.info("empty prompt: generating from the start-of-text state")
-    # The training stream puts an end-of-sequence before every document, so the state after
-    # reading it is the model's start-of-text state.
-    ids = torch.tensor([[eos] + prompt_ids], device=next(model.parameters()).device)  # (1, 1 + P)
-    lines, current = [], list(prompt_ids)
-    with torch.inference_mode():
-        logits, hidden = model(ids)  # the whole prompt, once
-        for _ in range(max_new_tokens):
-            token = sample_next(logits[:, -1], temperature, generator, top_k, top_p)  # (1,)
-            if token.item() == eos:
-                if stop_at_eos:
-                    break
-                lines.append(current)
-                current = []
+class TextStream:
+    """One sequence's ids turned into text as they arrive: a piece is released once it decodes to
+    whole characters (byte-fallback pieces wait for the rest of their UTF-8 sequence), decoded
+    together with the ids before it so word spacing is right. End-of-sequence becomes a newline.
+    Text that could be the start of a stop string is held back until it is known not to be."""
+
+    def __init__(self, tokenizer: Tokenizer, context: Sequence[int] = (), stops: Sequence[str] = (),
+                 strip_space: bool = False):
+        self.sp, self.decode, self.eos = tokenizer.sp, tokenizer.decode, tokenizer.eos_id
+        self.ids = list(context)[-CONTEXT_TOKENS:]  # tokens of the current line, decoded together
+        self.prefix, self.read = 0, len(self.ids)  # ids[prefix:read] are released already
+        self.prefix = self._anchor()
+        self.stops = list(stops)
+        self.strip_space = strip_space  # the prompt ended in a space: drop the first piece's own
+        self.text = ""  # the continuation so far
+        self.shown = 0  # characters of it released
+        self.stopped = False
+
+    def push(self, token: int) -> str:
+        """Add one id; return the text it releases (often '', never a broken character)."""
+        if token == self.eos:
+            self.ids, self.prefix, self.read = [], 0, 0
+            return self._add("\n")
+        self.ids.append(token)
+        before = self.decode(self.ids[self.prefix:self.read])
+        after = self.decode(self.ids[self.prefix:])
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""  # an incomplete UTF-8 sequence, or a piece that adds nothing yet
+        self.read = len(self.ids)
+        self.prefix = self._anchor()
+        if self.prefix > 4 * CONTEXT_TOKENS:  # keep the list short on long lines
+            del self.ids[:self.prefix]
+            self.read -= self.prefix
+            self.prefix = 0
+        return self._add(after[len(before):])
+
+    def _anchor(self) -> int:
+        """Where decoding starts next: the last released piece with visible text. SentencePiece
+        drops whitespace at the start of what it decodes, so a window must not start with a
+        space piece; at the start of a line it may, since the whole text drops it too."""
+        for j in range(self.read - 1, self.prefix - 1, -1):
+            token = self.ids[j]
+            if not (self.sp.is_byte(token) or self.sp.is_unknown(token) or self.sp.is_control(token)) \
+                    and self.sp.id_to_piece(token).strip("\u2581"):
+                return j
+        return self.prefix
+
+    def finish(self) -> str:
+        """The rest: held-back text and any incomplete character (as U+FFFD)."""
+        released = ""
+        if not self.stopped:
+            before = self.decode(self.ids[self.prefix:self.read])
+            after = self.decode(self.ids[self.prefix:])
+            self.prefix = self.read = len(self.ids)
+            if len(after) > len(before):
+                released = self._add(after[len(before):])
+        return released + self._release(len(self.text))
+
+    def _add(self, chunk: str) -> str:
+        if self.strip_space and chunk:
+            chunk, self.strip_space = chunk.removeprefix(" "), False
+        old = len(self.text)
+        self.text += chunk
+        if not self.stops:
+            return self._release(len(self.text))
+        # a new occurrence ends inside the chunk, so it starts at most len(stop) - 1 before it
+        hits = [i for i in (self.text.find(s, max(0, old - len(s) + 1)) for s in self.stops) if i >= 0]
+        if hits:
+            self.text, self.stopped = self.text[:min(hits)], True
+            return self._release(len(self.text))
+        held = max((k for s in self.stops for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
+        return self._release(len(self.text) - held)
+
+    def _release(self, upto: int) -> str:
+        out = self.text[self.shown:upto]
+        self.shown = max(self.shown, upto)
+        return out
+
+
+class TextGenerator:
+    """A run loaded once (model, tokenizer, device), continuing any number of prompts."""
+
+    def __init__(self, run_dir: Path, device: str = "auto"):
+        self.model, self.tokenizer, self.cfg = checkpoint.load_run(run_dir, resolve_device(device))
+        self.device = next(self.model.parameters()).device
+
+    def random_generator(self, seed: int | None) -> torch.Generator:
+        """The one source of randomness: seeded, or from fresh entropy when `seed` is None."""
+        generator = torch.Generator(device=self.device)
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(seed)
+        return generator
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """[eos] + the prompt's lines joined by eos; says so when there is no prompt, and names
+        characters the tokenizer never saw (byte pieces with byte fallback, <unk> without)."""
+        eos, sp = self.tokenizer.eos_id, self.tokenizer.sp
+        ids = [eos]
+        for i, line in enumerate(prompt.split("\n")):
+            ids += ([eos] if i else []) + self.tokenizer.encode(line)
+        if len(ids) == 1:
+            log.info("empty prompt: generating from the start-of-text state")
+        elif any(sp.is_byte(i) or sp.is_unknown(i) for i in ids):
+            unseen = sorted({c for c in prompt if not c.isspace()
+                             and any(sp.is_byte(i) or sp.is_unknown(i) for i in self.tokenizer.encode(c))})
+            read_as = "UTF-8 byte pieces" if any(sp.is_byte(i) for i in ids) else "<unk>"
+            (log.info if read_as != "<unk>" else log.warning)(
+                "the prompt has characters the tokenizer never saw, read as %s: %s", read_as,
+                " ".join(repr(c) for c in unseen))
+        return ids
+
+    def generate(self, prompt: str, decoding: Decoding, generator: torch.Generator | None = None,
+                 stops: Sequence[str] = (), stop_at_eos: bool = True, max_seconds: float | None = None,
+                 on_text: Callable[[str], None] | None = None) -> Generation:
+        """Continuations of `prompt`: `decoding.num_samples` samples, or `decoding.num_return`
+        beams best first. `on_text` receives the text of a single sample as it is produced."""
+        if any(not s for s in stops):
+            raise UserError("--stop must not be empty")
+        if max_seconds is not None and not max_seconds > 0:
+            raise UserError(f"--max-seconds must be > 0, got {max_seconds}")
+        if decoding.beams > 1 and not stop_at_eos:
+            raise UserError("beam search ends each hypothesis at end-of-sequence; drop --no-stop-at-eos")
+        context = self.prompt_ids(prompt)
+        deadline = time.monotonic() + max_seconds if max_seconds is not None else None
+        last_line = context[len(context) - context[::-1].index(self.tokenizer.eos_id):]
+        strip_space = prompt[-1:] in (" ", "\t")
+
+        def stream() -> TextStream:
+            return TextStream(self.tokenizer, last_line, stops, strip_space)
+
+        with torch.inference_mode():
+            logits, hidden = self.model(torch.tensor([context], device=self.device))  # the whole prompt, once
+            logits = logits[:, -1]  # (1, V)
+            if decoding.beams > 1:
+                continuations = self._beams(logits, hidden, context, decoding, deadline, stream)
             else:
-                current.append(token.item())
-            logits, hidden = model(token.view(1, 1), hidden)
-    lines.append(current)
-    return "\n".join(tokenizer.decode(line) for line in lines)
+                continuations = self._sample(logits, hidden, context, decoding, generator or self.random_generator(None),
+                                             stop_at_eos, deadline, [stream() for _ in range(decoding.num_samples)], on_text)
+        return Generation(prompt, len(context) - 1, continuations)
+
+    def _sample(self, logits: torch.Tensor, hidden, context: list[int], decoding: Decoding,
+                generator: torch.Generator, stop_at_eos: bool, deadline: float | None,
+                streams: list[TextStream], on_text: Callable[[str], None] | None) -> list[Continuation]:
+        """Greedy or sampled decoding of B = num_samples rows as one batch; a finished row rides
+        along (its tokens ignored) until every row is done."""
+        B, eos = len(streams), self.tokenizer.eos_id
+        if B > 1:
+            logits = logits.expand(B, -1)
+            hidden = map_hidden(hidden, lambda h: h.expand(-1, B, -1).contiguous())  # (L, B, H)
+        seen = blocker = None
+        if decoding.repetition_penalty != 1.0:
+            seen = torch.zeros_like(logits, dtype=torch.bool)
+            seen[:, context] = True
+        if decoding.no_repeat_ngram:
+            blocker = NgramBlocker(decoding.no_repeat_ngram, [context] * B)
+        rows = torch.arange(B, device=self.device)
+        logprobs = torch.zeros(B, device=self.device)  # summed over each row's live steps
+        live = torch.ones(B, device=self.device)
+        counts, reasons = [0] * B, [None] * B
+        for _ in range(decoding.max_new_tokens):
+            processed = logits
+            if seen is not None:
+                processed = apply_repetition_penalty(processed, seen, decoding.repetition_penalty)
+            if blocker is not None:
+                processed = blocker.ban(processed)
+            token = pick_next(processed, decoding, generator)  # (B,)
+            logprobs += live * logits.float().log_softmax(dim=-1)[rows, token]
+            for row, tok in enumerate(token.tolist()):
+                if reasons[row] is not None:
+                    continue
+                counts[row] += 1
+                if tok == eos and stop_at_eos:
+                    reasons[row] = "eos"
+                else:
+                    text = streams[row].push(tok)
+                    if on_text is not None and text:
+                        on_text(text)
+                    if streams[row].stopped:
+                        reasons[row] = "stop"
+                if reasons[row] is not None:
+                    live[row] = 0.0
+            if all(reasons):
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                reasons = [reason or "time" for reason in reasons]
+                break
+            if seen is not None:
+                seen[rows, token] = True
+            if blocker is not None:
+                blocker.append(token.tolist())
+            logits, hidden = self.model(token[:, None], hidden)
+            logits = logits[:, -1]  # (B, V)
+        results = []
+        for row, stream in enumerate(streams):
+            text = stream.finish()
+            if on_text is not None and text:
+                on_text(text)
+            results.append(Continuation(stream.text, counts[row], logprobs[row].item(), reasons[row] or "length"))
+        return results
+
+    def _beams(self, logits: torch.Tensor, hidden, context: list[int], decoding: Decoding,
+               deadline: float | None, stream: Callable[[], TextStream]) -> list[Continuation]:
+        line = stream().ids
+        start = len(self.tokenizer.decode(line))
+
+        def stopped(tokens: list[int]) -> bool:  # one decode per candidate: no eos inside a live beam
+            text = self.tokenizer.decode(line + tokens)[start:]
+            return any(s in text for s in stream().stops)
+
+        results = []
+        for hypothesis in beam_search(self.model, logits, hidden, context, decoding, self.tokenizer.eos_id,
+                                      deadline, stopped if stream().stops else None):
+            text = stream()
+            for token in hypothesis.tokens[:-1] if hypothesis.finish_reason == "eos" else hypothesis.tokens:
+                text.push(token)
+            text.finish()
+            results.append(Continuation(text.text, len(hypothesis.tokens), hypothesis.logprob,
+                                        hypothesis.finish_reason, hypothesis.score))
+        return results
+
+
+def generate_text(run_dir: Path, prompt: str, decoding: Decoding | None = None, seed: int | None = None,
+                  device: str = "auto", **options) -> str:
+    """The prompt followed by its (first) continuation: the one-call form of TextGenerator."""
+    generator = TextGenerator(run_dir, device)
+    generation = generator.generate(prompt, decoding or Decoding(), generator.random_generator(seed), **options)
+    return prompt + generation.continuations[0].text

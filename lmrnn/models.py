@@ -79,14 +79,15 @@ class RNNLM(nn.Module):
         return sum(p.numel() for p in self.parameters())  # a tied matrix counts once
 
 
+def map_hidden(hidden: Hidden, fn) -> Hidden:
+    """fn applied to each tensor of a state: h, or the LSTM's (h, c)."""
+    return tuple(fn(h) for h in hidden) if isinstance(hidden, tuple) else fn(hidden)
+
+
 def detach_hidden(hidden: Hidden | None) -> Hidden | None:
     """Cut the graph at a window boundary: the state's value flows on, its gradient does not
     (otherwise backward would run to the start of the stream)."""
-    if hidden is None:
-        return None
-    if isinstance(hidden, tuple):
-        return tuple(h.detach() for h in hidden)
-    return hidden.detach()
+    return None if hidden is None else map_hidden(hidden, torch.Tensor.detach)
 
 
 GATES = {"rnn": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}  # weight blocks per layer

@@ -148,12 +148,30 @@ BAD_INPUTS = [
     ("generate {run} --temperature -1", "--temperature must be >= 0"),
     ("generate {run} --top-p 0", "--top-p must be in"),
     ("generate {run} --top-k -2", "--top-k must be >= 0"),
-    ("generate {run} -n -1", "--max-new-tokens must be >= 0"),
+    ("generate {run} -n 0", "--max-new-tokens must be >= 1"),
+    ("generate {run} --min-p 1", "--min-p must be in [0, 1)"),
+    ("generate {run} --repetition-penalty 0", "--repetition-penalty must be > 0"),
+    ("generate {run} --no-repeat-ngram -1", "--no-repeat-ngram must be >= 0"),
+    ("generate {run} --beams 0", "--beams must be >= 1"),
+    ("generate {run} --beams 3 --top-p 0.9 -t 0.7", "does not combine with --temperature, --top-p"),
+    ("generate {run} --beams 2 --num-return 3", "--num-return 3 needs at least as many --beams"),
+    ("generate {run} --num-return 2", "--num-return needs --beams > 1"),
+    ("generate {run} --length-penalty 2", "applies to beam search only"),
+    ("generate {run} --num-samples 3 -t 0", "gives identical texts"),
+    ("generate {run} --beams 2 --no-stop-at-eos", "drop --no-stop-at-eos"),
+    ("generate {run} --max-seconds 0", "--max-seconds must be > 0"),
+    ("generate {run} -p x --prompt-file {tmp}/a_file", "give the prompt once"),
+    ("generate {run} --prompt-file {tmp}/missing.txt", "no such file"),
+    ("generate {run} --interactive -p x", "--interactive reads its prompts"),
     ("generate {tmp}/nothing", "run directory not found"),
     ("generate {weights} -p x", "model.safetensors is truncated, corrupted"),
     ("generate {newer}", "written by a newer lmrnn (run format 3"),
     ("generate {missing_key}", "is missing model.num_layers"),
     ("generate {tokenizer}", "is not a SentencePiece model"),
+    ("score {run} --text-file {tmp}/missing.txt", "no such file"),
+    ("score {run} --text-file {tmp}/empty.txt", "nothing to score"),
+    ("score {run} --text-file {tmp}/a_file --batch-size 0", "--batch-size must be >= 1"),
+    ("score {tmp}/nothing --text-file {tmp}/a_file", "run directory not found"),
     ("eval {tmp}", "incomplete: missing config.yaml, tokenizer.model, model.safetensors"),
     ("eval {weights}", "model.safetensors is truncated, corrupted"),
     ("eval {mismatch}", "tokenizer.model has 300 pieces but config.yaml says model.vocab_size=299"),
@@ -192,6 +210,68 @@ def test_compare_command_prints_the_table_and_writes_the_report(corpus_dir, tmp_
     assert_fails_cleanly(run("compare", corpus_dir, "--max-steps", "0", "--out", tmp_path / "x"), "--max-steps must be > 0")
     assert_fails_cleanly(run("compare", corpus_dir, *TINY, "--cells", "rnn", "--max-steps", "4", "--out", out),
                          "different settings")
+
+
+def invoke(*args, input=None):
+    return runner.invoke(app, [str(a) for a in args], input=input)
+
+
+def test_generate_streams_the_prompt_and_continuation_and_nothing_else(tiny_run, tmp_path):
+    from lmrnn.generate import generate_text
+    from lmrnn.sampling import Decoding
+
+    expected = generate_text(tiny_run, "the king", Decoding(max_new_tokens=20), seed=5, device="cpu")
+    result = run("generate", tiny_run, "-p", "the king", "-n", "20", "--seed", "5", "--device", "cpu")
+    assert result.exit_code == 0 and result.stdout == expected + "\n"
+    assert run("generate", tiny_run, "-p", "the king", "-n", "20", "--seed", "5", "--no-echo").stdout == expected[8:] + "\n"
+    # the prompt from a file (one final newline dropped) or from piped stdin
+    (tmp_path / "prompt.txt").write_text("the king\n")
+    assert run("generate", tiny_run, "--prompt-file", tmp_path / "prompt.txt", "-n", "20", "--seed", "5").stdout == expected + "\n"
+    assert invoke("generate", tiny_run, "-n", "20", "--seed", "5", input="the king\n").stdout == expected + "\n"
+    assert invoke("generate", tiny_run, "--prompt-file", "-", "-n", "20", "--seed", "5", input="the king").stdout == expected + "\n"
+
+
+def test_generate_json_samples_and_beams(tiny_run):
+    result = run("generate", tiny_run, "-p", "the", "-n", "8", "--num-samples", "3", "--seed", "1", "--json",
+                 "--stop", "\\n", "--no-stop-at-eos")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["prompt"] == "the" and out["seed"] == 1 and out["decoding"]["num_samples"] == 3
+    assert len(out["continuations"]) == 3
+    for c in out["continuations"]:
+        assert "\n" not in c["text"] and c["logprob"] < 0 and 1 <= c["tokens"] <= 8
+        assert c["finish_reason"] in ("stop", "length")
+    beams = json.loads(run("generate", tiny_run, "-p", "the", "-n", "8", "--beams", "3", "--num-return", "2", "--json").stdout)
+    first, second = beams["continuations"]
+    assert first["score"] >= second["score"] and "score" in first
+    plain = run("generate", tiny_run, "-p", "the", "-n", "8", "--beams", "3", "--num-return", "2").stdout
+    assert plain == f"the{first['text']}\n\nthe{second['text']}\n"
+
+
+def test_interactive_generation_keeps_the_model_loaded(tiny_run):
+    result = invoke("generate", tiny_run, "--interactive", "-t", "0", "-n", "6", input="the king\n\nthe fox\n")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    single = run("generate", tiny_run, "-p", "the fox", "-t", "0", "-n", "6").stdout
+    assert len(lines) == 3 and lines[0].startswith("the king") and lines[2] + "\n" == single
+    assert "Ctrl-D quits" in result.stderr
+
+
+def test_score_prints_each_line_and_matches_eval(tiny_run, tmp_path):
+    """The score of a line equals `eval`'s NLL of a split made of that line alone."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.txt").write_text("the king ran over the hill .\n")
+    (tmp_path / "data" / "valid.txt").write_text("the crow .\n")
+    (tmp_path / "data" / "test.txt").write_text("the old fox sang .\n")
+    [evaluated] = json.loads(run("eval", tiny_run, "--data", tmp_path / "data", "--json", "--batch-size", "1").stdout)
+    result = invoke("score", tiny_run, "--json", input="the old fox sang .\nthe king\n\n")
+    assert result.exit_code == 0, result.output
+    first, second, empty = json.loads(result.stdout)
+    assert first["logprob"] == pytest.approx(-evaluated["nll"], rel=1e-6) and first["tokens"] == evaluated["tokens"]
+    assert first["ppl"] == pytest.approx(evaluated["ppl"], rel=1e-6)
+    assert second["text"] == "the king" and empty["tokens"] == 1  # an empty line: only its end
+    table = invoke("score", tiny_run, input="the old fox sang .\n")
+    assert table.exit_code == 0 and "the old fox sang" in table.stdout and "ppl" in table.stdout
 
 
 def test_eval_plot_and_probe_commands(tiny_run, tmp_path):

@@ -1,68 +1,134 @@
 import logging
-import math
 
 import pytest
 import torch
 
 from lmrnn.errors import UserError
-from lmrnn.generate import check_sampling, filter_logits, generate_text, sample_next
-
-INF = float("-inf")
-
-
-def test_temperature_zero_is_argmax():
-    logits = torch.tensor([[0.1, 2.0, -1.0], [3.0, 0.0, 2.9]])
-    assert sample_next(logits, 0.0).tolist() == [1, 0]
+from lmrnn.generate import TextGenerator, TextStream, generate_text
+from lmrnn.sampling import Decoding
 
 
-def test_top_k_keeps_the_k_largest():
-    assert filter_logits(torch.tensor([1.0, 3.0, 2.0, 0.0]), top_k=2).tolist() == [INF, 3.0, 2.0, INF]
+@pytest.fixture(scope="module")
+def generator(tiny_run) -> TextGenerator:
+    return TextGenerator(tiny_run, "cpu")
 
 
-@pytest.mark.parametrize("top_p, kept", [(0.5, [0]), (0.8, [0, 1]), (0.81, [0, 1, 2]), (1.0, [0, 1, 2, 3])])
-def test_top_p_keeps_the_smallest_nucleus(top_p, kept):
-    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
-    shuffled = torch.tensor([2, 0, 3, 1])  # the order of the vocabulary must not matter
-    out = filter_logits(probs.log()[shuffled], top_p=top_p)
-    kept_ids = sorted(shuffled[i].item() for i in range(4) if out[i] > INF)
-    assert kept_ids == kept
+def one(generator: TextGenerator, prompt: str, seed: int = 0, **options):
+    stream_options = {k: options.pop(k) for k in ("stops", "stop_at_eos", "max_seconds") if k in options}
+    return generator.generate(prompt, Decoding(**options), generator.random_generator(seed), **stream_options).continuations[0]
 
 
-def test_sampling_follows_the_tempered_distribution():
-    logits = torch.tensor([[0.0, math.log(3.0)]])  # p = 1/4, 3/4 at T = 1
-    generator = torch.Generator().manual_seed(0)
-    draws = torch.stack([sample_next(logits, 1.0, generator) for _ in range(4000)])
-    assert abs(draws.float().mean().item() - 0.75) < 0.03
-    draws = torch.stack([sample_next(logits, 2.0, generator) for _ in range(4000)])  # 3^(1/2): p = 0.634
-    assert abs(draws.float().mean().item() - math.sqrt(3) / (1 + math.sqrt(3))) < 0.03
+def test_greedy_equals_a_step_by_step_argmax_by_hand(generator):
+    """Re-read the whole sequence at every step (no carried state) and take the argmax."""
+    tokenizer, model = generator.tokenizer, generator.model
+    ids = [tokenizer.eos_id] + tokenizer.encode("the king")
+    new, logprob = [], 0.0
+    with torch.inference_mode():
+        while len(new) < 25:
+            logprobs = model(torch.tensor([ids + new]))[0][0, -1].log_softmax(dim=-1)
+            new.append(int(logprobs.argmax()))
+            logprob += logprobs[new[-1]].item()
+            if new[-1] == tokenizer.eos_id:
+                break
+    greedy = one(generator, "the king", temperature=0, max_new_tokens=25)
+    text_ids = new[:-1] if new[-1] == tokenizer.eos_id else new
+    assert greedy.text == tokenizer.decode(ids[1:] + text_ids)[len("the king"):]
+    assert greedy.tokens == len(new) and greedy.logprob == pytest.approx(logprob, abs=1e-4)
+    assert greedy.finish_reason == ("eos" if new[-1] == tokenizer.eos_id else "length")
+    assert one(generator, "the king", top_k=1, max_new_tokens=25).text == greedy.text
+    assert one(generator, "the king", top_p=1e-9, max_new_tokens=25, seed=4).text == greedy.text
 
 
-def test_same_seed_same_draws():
-    logits = torch.randn(1, 50)
-    def draw(seed):
-        g = torch.Generator().manual_seed(seed)
-        return [sample_next(logits, 1.0, g, top_k=20, top_p=0.9).item() for _ in range(30)]
-    assert draw(5) == draw(5) and draw(5) != draw(6)
+def test_same_seed_same_text_different_seed_different_text(generator, tiny_run):
+    def text(seed):
+        return one(generator, "the fox", seed=seed, max_new_tokens=40, stop_at_eos=False).text
+    assert text(3) == text(3) and text(3) != text(4)
+    assert generate_text(tiny_run, "the fox", Decoding(max_new_tokens=40), seed=3, stop_at_eos=False) == "the fox" + text(3)
 
 
-@pytest.mark.parametrize("args, message", [
-    ((-0.5, 0, 1.0, 10), "--temperature must be >= 0"),
-    ((1.0, -1, 1.0, 10), "--top-k must be >= 0"),
-    ((1.0, 0, 0.0, 10), "--top-p must be in"),
-    ((1.0, 0, 1.5, 10), "--top-p must be in"),
-    ((1.0, 0, 1.0, -1), "--max-new-tokens must be >= 0"),
-])
-def test_out_of_range_options(args, message):
-    with pytest.raises(UserError, match=message):
-        check_sampling(*args)
+def test_samples_are_one_batch_of_independent_draws(generator):
+    decoding = Decoding(temperature=1.0, num_samples=16, max_new_tokens=30)
+    generation = generator.generate("the", decoding, generator.random_generator(1), stop_at_eos=False)
+    texts = [c.text for c in generation.continuations]
+    assert len(texts) == 16 and len(set(texts)) > 8
+    assert all(c.tokens == 30 and c.finish_reason == "length" for c in generation.continuations)
+    assert generation.prompt_tokens == len(generator.tokenizer.encode("the"))
 
 
-def test_generation_from_a_trained_run(tiny_run, caplog):
-    greedy = generate_text(tiny_run, "the king", max_new_tokens=20, temperature=0)
-    assert greedy.startswith("the king") and greedy == generate_text(tiny_run, "the king", 20, temperature=0)
-    a = generate_text(tiny_run, "the fox", 30, temperature=1.0, seed=3, stop_at_eos=False)
-    assert a == generate_text(tiny_run, "the fox", 30, temperature=1.0, seed=3, stop_at_eos=False)
-    assert generate_text(tiny_run, "the fox", 0) == "the fox"
-    with caplog.at_level(logging.INFO):
-        text = generate_text(tiny_run, "", 15, temperature=0.8, seed=1)
-    assert "empty prompt" in caplog.text and isinstance(text, str)
+def test_stop_strings_cut_the_text_and_end_it(generator):
+    full = one(generator, "the king", seed=7, max_new_tokens=40, stop_at_eos=False).text
+    stop = full[15:18]  # same seed: the same draws up to the stop
+    cut = one(generator, "the king", seed=7, max_new_tokens=40, stop_at_eos=False, stops=["@@@", stop])
+    assert cut.text == full[:full.index(stop)] and cut.finish_reason == "stop" and cut.tokens < 40
+
+
+def test_time_limit_and_length_limit(generator):
+    assert one(generator, "the", max_new_tokens=500, max_seconds=1e-9, stop_at_eos=False).finish_reason == "time"
+    assert one(generator, "the", max_new_tokens=3, stop_at_eos=False).tokens == 3
+    with pytest.raises(UserError, match="--stop must not be empty"):
+        one(generator, "the", stops=[""])
+
+
+def test_beam_search_through_the_generator(generator):
+    decoding = Decoding(beams=4, num_return=3, max_new_tokens=20)
+    beams = generator.generate("the king", decoding).continuations
+    assert len(beams) == 3 and beams[0].score >= beams[1].score >= beams[2].score
+
+
+def test_prompt_lines_are_documents_and_an_empty_prompt_starts_the_text(generator, caplog):
+    tok = generator.tokenizer
+    eos = tok.eos_id
+    assert generator.prompt_ids("the king\nthe fox") == [eos] + tok.encode("the king") + [eos] + tok.encode("the fox")
+    with caplog.at_level(logging.INFO, logger="lmrnn"):
+        assert generator.prompt_ids("") == [eos]
+    assert "empty prompt: generating from the start-of-text state" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="lmrnn"):
+        ids = generator.prompt_ids("the ж king")
+    assert "never saw, read as UTF-8 byte pieces: 'ж'" in caplog.text
+    assert tok.decode(ids[1:]) == "the ж king"
+
+
+def test_stream_releases_whole_characters_and_decodes_like_the_tokenizer(generator):
+    """Pieces pushed one at a time: nothing broken is released, and the pieces join into exactly
+    what decoding the ids at once gives (the end-of-sequence as a newline)."""
+    tok = generator.tokenizer
+    lines = ["the old king ran", "ж€ over the 😀 hill", "fox"]
+    ids = [i for n, line in enumerate(lines) for i in ([tok.eos_id] if n else []) + tok.encode(line)]
+    assert any(tok.sp.is_byte(i) for i in ids)
+    stream = TextStream(tok)
+    pieces = [stream.push(i) for i in ids] + [stream.finish()]
+    assert not any("\ufffd" in p for p in pieces) and "".join(pieces) == "\n".join(lines) == stream.text
+    # continuing a prompt: the first piece carries its space
+    prompt = tok.encode("the old")
+    stream = TextStream(tok, context=prompt)
+    assert "".join([stream.push(i) for i in tok.encode("the old king")[len(prompt):]] + [stream.finish()]) == " king"
+
+
+def test_stream_holds_back_a_possible_stop_string(generator):
+    tok = generator.tokenizer
+    stream = TextStream(tok, stops=["king ran"])
+    released = []
+    for i in tok.encode("the old king ran over the hill"):
+        released.append(stream.push(i))
+        if stream.stopped:
+            break
+    assert "".join(released) + stream.finish() == "the old " == stream.text and stream.stopped
+    assert not any("king" in piece for piece in released)
+
+
+def test_stream_of_random_pieces_equals_decoding_them_at_once(generator):
+    """Any ids at all (space-only pieces, stray or split byte pieces), with or without a context:
+    the released text is what the tokenizer decodes, character for character."""
+    tok = generator.tokenizer
+    rng = torch.Generator().manual_seed(0)
+    pieces = [i for i in range(tok.vocab_size) if i not in (tok.eos_id, 0)]
+    space = tok.sp.piece_to_id("\u2581")
+    for trial in range(300):
+        ids = [pieces[j] for j in torch.randint(len(pieces), (int(torch.randint(1, 30, ())),), generator=rng)]
+        if trial % 3 == 0:
+            ids[len(ids) // 2:len(ids) // 2] = [space] * 3
+        context = tok.encode("the old") if trial % 2 else []
+        stream = TextStream(tok, context=context)
+        text = "".join([stream.push(i) for i in ids] + [stream.finish()])
+        assert text == tok.decode(context + ids)[len(tok.decode(context)):], (context, ids)
