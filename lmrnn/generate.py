@@ -33,13 +33,17 @@ CONTEXT_TOKENS = 8  # prompt tokens decoded with the first new ones, so spacing 
 @dataclass
 class Continuation:
     text: str  # the generated text alone, cut before a stop string
-    tokens: int  # generated ids, an ending end-of-sequence included
+    ids: list[int]  # the generated ids, an ending end-of-sequence included
     logprob: float  # the model's log-probability of those ids (nats, before penalties)
     finish_reason: str  # eos | stop | length | time
     score: float | None = None  # beam search's length-normalised score
 
+    @property
+    def tokens(self) -> int:
+        return len(self.ids)
+
     def as_dict(self) -> dict:
-        return {key: value for key, value in asdict(self).items() if value is not None}
+        return {"tokens": self.tokens, **{key: value for key, value in asdict(self).items() if value is not None}}
 
 
 @dataclass
@@ -61,10 +65,11 @@ class TextStream:
 
     def __init__(self, tokenizer: Tokenizer, context: Sequence[int] = (), stops: Sequence[str] = (),
                  strip_space: bool = False):
-        self.sp, self.decode, self.eos = tokenizer.sp, tokenizer.decode, tokenizer.eos_id
+        self.decode, self.eos, self.piece_texts = tokenizer.decode, tokenizer.eos_id, tokenizer.piece_texts
         self.ids = list(context)[-CONTEXT_TOKENS:]  # tokens of the current line, decoded together
         self.prefix, self.read = 0, len(self.ids)  # ids[prefix:read] are released already
-        self.prefix = self._anchor()
+        self.anchored = False  # ids[prefix] is a piece with visible text
+        self._move_anchor()
         self.stops = list(stops)
         self.strip_space = strip_space  # the prompt ended in a space: drop the first piece's own
         self.text = ""  # the continuation so far
@@ -74,31 +79,35 @@ class TextStream:
     def push(self, token: int) -> str:
         """Add one id; return the text it releases (often '', never a broken character)."""
         if token == self.eos:
-            self.ids, self.prefix, self.read = [], 0, 0
+            self.ids, self.prefix, self.read, self.anchored = [], 0, 0, False
             return self._add("\n")
         self.ids.append(token)
-        before = self.decode(self.ids[self.prefix:self.read])
-        after = self.decode(self.ids[self.prefix:])
-        if len(after) <= len(before) or after.endswith("\ufffd"):
-            return ""  # an incomplete UTF-8 sequence, or a piece that adds nothing yet
+        piece = self.piece_texts[token]
+        if piece is not None and self.anchored and self.read == len(self.ids) - 1:
+            chunk = piece  # after visible text, with nothing waiting, decoding appends the piece
+        else:
+            before = self.decode(self.ids[self.prefix:self.read])
+            after = self.decode(self.ids[self.prefix:])
+            if len(after) <= len(before) or after.endswith("\ufffd"):
+                return ""  # an incomplete UTF-8 sequence, or a piece that adds nothing yet
+            chunk = after[len(before):]
         self.read = len(self.ids)
-        self.prefix = self._anchor()
+        self._move_anchor()
         if self.prefix > 4 * CONTEXT_TOKENS:  # keep the list short on long lines
             del self.ids[:self.prefix]
             self.read -= self.prefix
             self.prefix = 0
-        return self._add(after[len(before):])
+        return self._add(chunk)
 
-    def _anchor(self) -> int:
-        """Where decoding starts next: the last released piece with visible text. SentencePiece
-        drops whitespace at the start of what it decodes, so a window must not start with a
-        space piece; at the start of a line it may, since the whole text drops it too."""
+    def _move_anchor(self) -> None:
+        """Decode from the last released piece with visible text. SentencePiece drops whitespace
+        at the start of what it decodes, so a window must not start with a space piece; at the
+        start of a line it may, since decoding the whole text drops it too."""
         for j in range(self.read - 1, self.prefix - 1, -1):
-            token = self.ids[j]
-            if not (self.sp.is_byte(token) or self.sp.is_unknown(token) or self.sp.is_control(token)) \
-                    and self.sp.id_to_piece(token).strip("\u2581"):
-                return j
-        return self.prefix
+            piece = self.piece_texts[self.ids[j]]
+            if piece is not None and piece.strip():
+                self.prefix, self.anchored = j, True
+                return
 
     def finish(self) -> str:
         """The rest: held-back text and any incomplete character (as U+FFFD)."""
@@ -160,10 +169,11 @@ class TextGenerator:
         elif any(sp.is_byte(i) or sp.is_unknown(i) for i in ids):
             unseen = sorted({c for c in prompt if not c.isspace()
                              and any(sp.is_byte(i) or sp.is_unknown(i) for i in self.tokenizer.encode(c))})
-            read_as = "UTF-8 byte pieces" if any(sp.is_byte(i) for i in ids) else "<unk>"
-            (log.info if read_as != "<unk>" else log.warning)(
-                "the prompt has characters the tokenizer never saw, read as %s: %s", read_as,
-                " ".join(repr(c) for c in unseen))
+            message, characters = "the prompt has characters the tokenizer never saw, read as %s: %s", " ".join(map(repr, unseen))
+            if any(sp.is_byte(i) for i in ids):
+                log.info(message, "UTF-8 byte pieces", characters)
+            else:
+                log.warning(message, "<unk>", characters)
         return ids
 
     def generate(self, prompt: str, decoding: Decoding, generator: torch.Generator | None = None,
@@ -213,7 +223,8 @@ class TextGenerator:
         rows = torch.arange(B, device=self.device)
         logprobs = torch.zeros(B, device=self.device)  # summed over each row's live steps
         live = torch.ones(B, device=self.device)
-        counts, reasons = [0] * B, [None] * B
+        generated: list[list[int]] = [[] for _ in range(B)]
+        reasons: list[str | None] = [None] * B
         for _ in range(decoding.max_new_tokens):
             processed = logits
             if seen is not None:
@@ -225,7 +236,7 @@ class TextGenerator:
             for row, tok in enumerate(token.tolist()):
                 if reasons[row] is not None:
                     continue
-                counts[row] += 1
+                generated[row].append(tok)
                 if tok == eos and stop_at_eos:
                     reasons[row] = "eos"
                 else:
@@ -252,7 +263,7 @@ class TextGenerator:
             text = stream.finish()
             if on_text is not None and text:
                 on_text(text)
-            results.append(Continuation(stream.text, counts[row], logprobs[row].item(), reasons[row] or "length"))
+            results.append(Continuation(stream.text, generated[row], logprobs[row].item(), reasons[row] or "length"))
         return results
 
     def _beams(self, logits: torch.Tensor, hidden, context: list[int], decoding: Decoding,
@@ -271,7 +282,7 @@ class TextGenerator:
             for token in hypothesis.tokens[:-1] if hypothesis.finish_reason == "eos" else hypothesis.tokens:
                 text.push(token)
             text.finish()
-            results.append(Continuation(text.text, len(hypothesis.tokens), hypothesis.logprob,
+            results.append(Continuation(text.text, hypothesis.tokens, hypothesis.logprob,
                                         hypothesis.finish_reason, hypothesis.score))
         return results
 

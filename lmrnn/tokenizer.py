@@ -8,6 +8,7 @@ byte_fallback, unseen characters become their UTF-8 byte pieces instead of <unk>
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import logging
@@ -66,6 +67,14 @@ class Tokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self.sp.decode(ids)
+
+    @functools.cached_property
+    def piece_texts(self) -> list[str | None]:
+        """Per id, the text decoding appends for it after visible text: the piece with '▁' as a
+        space; None for byte, unknown and control pieces, which need the decoder itself."""
+        sp = self.sp
+        return [None if sp.is_byte(i) or sp.is_unknown(i) or sp.is_control(i) else sp.id_to_piece(i).replace("\u2581", " ")
+                for i in range(self.vocab_size)]
 
 
 def train_tokenizer(documents: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:

@@ -132,3 +132,13 @@ def test_stream_of_random_pieces_equals_decoding_them_at_once(generator):
         stream = TextStream(tok, context=context)
         text = "".join([stream.push(i) for i in ids] + [stream.finish()])
         assert text == tok.decode(context + ids)[len(tok.decode(context)):], (context, ids)
+
+
+def test_penalties_keep_the_text_from_repeating(generator):
+    prompt = generator.prompt_ids("the king")
+    bigrams = one(generator, "the king", temperature=0, max_new_tokens=60, stop_at_eos=False, no_repeat_ngram=2).ids
+    sequence = prompt + bigrams
+    assert len(set(zip(sequence, sequence[1:]))) == len(sequence) - 1  # no bigram twice
+    plain = one(generator, "the king", temperature=0, max_new_tokens=40, stop_at_eos=False).ids
+    penalised = one(generator, "the king", temperature=0, max_new_tokens=40, stop_at_eos=False, repetition_penalty=3.0).ids
+    assert len(set(plain)) < 10 < len(set(penalised))  # the tiny model loops on a few tokens unless penalised

@@ -18,7 +18,7 @@ def test_top_k_keeps_the_k_largest():
     assert filter_logits(torch.tensor([1.0, 3.0, 2.0, 0.0]), top_k=2).tolist() == [INF, 3.0, 2.0, INF]
 
 
-@pytest.mark.parametrize("top_p, expected", [(0.5, [0]), (0.8, [0, 1]), (0.81, [0, 1, 2]), (1.0, [0, 1, 2, 3])])
+@pytest.mark.parametrize("top_p, expected", [(0.49, [0]), (0.79, [0, 1]), (0.81, [0, 1, 2]), (1.0, [0, 1, 2, 3])])
 def test_top_p_keeps_the_smallest_nucleus(top_p, expected):
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
     shuffled = torch.tensor([2, 0, 3, 1])  # the order of the vocabulary must not matter
@@ -116,3 +116,25 @@ def test_options_out_of_range_or_that_cannot_combine(options, message):
 def test_options_that_combine():
     assert Decoding(beams=4, num_return=4, repetition_penalty=1.2, no_repeat_ngram=3, length_penalty=0.6).batch_size == 4
     assert Decoding(temperature=0.7, top_k=40, top_p=0.9, min_p=0.05, num_samples=8).batch_size == 8
+
+
+def nucleus_by_hand(logits: torch.Tensor, top_p: float) -> set[int]:
+    """The definition, one token at a time: most likely first until the mass reaches top_p."""
+    probs = logits.double().softmax(dim=-1).tolist()
+    kept, mass = set(), 0.0
+    for i in sorted(range(len(probs)), key=lambda i: -probs[i]):
+        if mass >= top_p:
+            break
+        kept.add(i)
+        mass += probs[i]
+    return kept
+
+
+@pytest.mark.parametrize("scale", [0.05, 1.0, 4.0])  # flat (nucleus beyond the 256 candidates) to peaked
+@pytest.mark.parametrize("top_p", [0.1, 0.5, 0.9, 0.99])
+def test_top_p_equals_the_definition_on_large_vocabularies(scale, top_p):
+    logits = torch.randn(3, 2000, generator=torch.Generator().manual_seed(7)) * scale
+    out = filter_logits(logits, top_p=top_p)
+    for row in range(3):
+        assert set(kept(out[row])) == nucleus_by_hand(logits[row], top_p)
+        assert out[row][out[row] > INF].tolist() == logits[row][out[row] > INF].tolist()  # kept values unchanged
