@@ -225,7 +225,7 @@ class TextGenerator:
         live = torch.ones(B, device=self.device)
         generated: list[list[int]] = [[] for _ in range(B)]
         reasons: list[str | None] = [None] * B
-        for _ in range(decoding.max_new_tokens):
+        for step in range(decoding.max_new_tokens):
             processed = logits
             if seen is not None:
                 processed = apply_repetition_penalty(processed, seen, decoding.repetition_penalty)
@@ -247,7 +247,7 @@ class TextGenerator:
                         reasons[row] = "stop"
                 if reasons[row] is not None:
                     live[row] = 0.0
-            if all(reasons):
+            if all(reasons) or step == decoding.max_new_tokens - 1:
                 break
             if deadline is not None and time.monotonic() > deadline:
                 reasons = [reason or "time" for reason in reasons]

@@ -142,3 +142,13 @@ def test_penalties_keep_the_text_from_repeating(generator):
     plain = one(generator, "the king", temperature=0, max_new_tokens=40, stop_at_eos=False).ids
     penalised = one(generator, "the king", temperature=0, max_new_tokens=40, stop_at_eos=False, repetition_penalty=3.0).ids
     assert len(set(plain)) < 10 < len(set(penalised))  # the tiny model loops on a few tokens unless penalised
+
+
+def test_the_prompt_is_read_in_one_call_and_each_token_costs_one_step(generator, monkeypatch):
+    calls = []
+    forward = generator.model.forward
+    monkeypatch.setattr(generator.model, "forward", lambda ids, hidden=None: calls.append(tuple(ids.shape)) or forward(ids, hidden))
+    prompt = "the old king ran over the hill"
+    continuation = one(generator, prompt, max_new_tokens=5, stop_at_eos=False)
+    assert continuation.tokens == 5
+    assert calls == [(1, 1 + len(generator.tokenizer.encode(prompt)))] + [(1, 1)] * 4
