@@ -44,15 +44,18 @@ class DataConfig:
 @dataclass
 class TokenizerConfig:
     model_type: Literal["bpe", "unigram", "char", "word"] = "bpe"
-    vocab_size: int = 1000  # capped with a warning when the corpus cannot fill it
+    # capped with a warning when the corpus cannot fill it; with model_type word, 0 = the corpus's
+    # own words, one id each (for already-tokenized corpora such as PTB: a literal <unk> stays a word)
+    vocab_size: int = 1000
     character_coverage: float = 1.0  # SentencePiece's name; 1.0 keeps every character
     byte_fallback: bool = True  # unseen characters become UTF-8 byte pieces, never <unk>
     input_sentence_size: int = 1_000_000  # lines sampled to train the tokenizer; 0 = all
     path: str = ""  # an existing tokenizer.model (from `lmrnn tokenizer train`) to reuse
 
     def __post_init__(self) -> None:
-        if self.vocab_size < 4:
-            raise UserError(f"tokenizer.vocab_size must be at least 4, got {self.vocab_size}")
+        if self.vocab_size < 4 and not (self.vocab_size == 0 and self.model_type == "word"):
+            raise UserError(f"tokenizer.vocab_size must be at least 4 (or 0 with model_type word: every word), "
+                            f"got {self.vocab_size}")
         if not 0.9 <= self.character_coverage <= 1.0:
             raise UserError("tokenizer.character_coverage must be between 0.9 and 1.0")
         if self.input_sentence_size < 0:

@@ -86,6 +86,8 @@ def train_tokenizer(documents: Iterable[str], cfg: TokenizerConfig) -> Tokenizer
     lines = [doc for doc in documents if doc.strip()]
     if not lines:
         raise UserError("the training text is empty: nothing to train a tokenizer on")
+    if cfg.vocab_size == 0:  # word level: every whitespace word of the text, exactly
+        return Tokenizer(_train_words(lines))
     try:
         model = _train(lines, cfg, cfg.vocab_size)
     except RuntimeError as err:
@@ -134,6 +136,25 @@ def _train(lines: list[str], cfg: TokenizerConfig, vocab_size: int) -> bytes:
             # a word piece may be as long as a word; the default 16 would split long words
             max_sentencepiece_length=64 if cfg.model_type == "word" else 16,
         )
+    return buffer.getvalue()
+
+
+def _train_words(lines: list[str]) -> bytes:
+    """A SentencePiece word model whose pieces are exactly the text's whitespace words: no
+    normalisation, no byte fallback, no splitting of numbers or scripts, and the unknown piece
+    renamed so that a literal "<unk>" in the data (PTB has 45k) is an ordinary word. Otherwise
+    SentencePiece would merge runs of unknown words into one id and the token count would no
+    longer be the word count that published perplexities divide by."""
+    words = {word for line in lines for word in line.split()}
+    buffer = io.BytesIO()
+    with _native_stderr_silenced():
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines), model_writer=buffer, model_type="word", vocab_size=len(words) + 2,
+            use_all_vocab=True, byte_fallback=False, normalization_rule_name="identity", character_coverage=1.0,
+            split_by_number=False, split_by_unicode_script=False, split_digits=False, input_sentence_size=0,
+            max_sentencepiece_length=max(map(len, words)) + 1, max_sentence_length=MAX_LINE_BYTES,
+            num_threads=os.cpu_count() or 1, unk_id=UNK_ID, eos_id=EOS_ID, bos_id=-1, pad_id=-1,
+            unk_piece="<unknown word>", unk_surface=" \u2047 ")
     return buffer.getvalue()
 
 

@@ -62,3 +62,19 @@ def test_load_errors_and_fingerprint(tmp_path):
     (tmp_path / "a.model").write_bytes(a.model_bytes)
     assert Tokenizer.load(tmp_path / "a.model").fingerprint == a.fingerprint
     assert train_tokenizer(DOCS, TokenizerConfig(vocab_size=290)).fingerprint != a.fingerprint
+
+
+def test_word_level_mode_keeps_every_word_as_one_id():
+    """tokenizer.vocab_size=0: the corpus's own words; a literal <unk> is a word, and runs of it
+    stay one id per word (SentencePiece's own unknown handling would merge them)."""
+    lines = ["the <unk> <unk> cat sat", "a cat 's hat N N", "<unk> sat"]
+    tokenizer = train_tokenizer(lines, TokenizerConfig(model_type="word", vocab_size=0))
+    words = {w for line in lines for w in line.split()}
+    assert tokenizer.vocab_size == len(words) + 2  # + <unknown word> and eos
+    for line in lines:
+        ids = tokenizer.encode(line)
+        assert len(ids) == len(line.split()) and 0 not in ids and tokenizer.decode(ids) == line
+    assert tokenizer.encode("<unk> <unk>")[0] == tokenizer.encode("<unk> <unk>")[1] != 0
+    assert tokenizer.encode("dog") == [0]  # a word never seen
+    with pytest.raises(UserError, match="0 with model_type word"):
+        TokenizerConfig(model_type="bpe", vocab_size=0)
