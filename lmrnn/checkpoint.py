@@ -36,7 +36,8 @@ from lmrnn import __version__
 from lmrnn.config import (FORMAT_VERSION, RESUMABLE_KEYS, RunConfig, config_to_yaml, flatten, load_config, migrate,
                           missing_keys)
 from lmrnn.errors import UserError
-from lmrnn.models import RNNLM
+from lmrnn.models import RNNLM, NgramLM
+from lmrnn.ngram import KneserNey
 from lmrnn.tokenizer import Tokenizer
 
 CONFIG, TOKENIZER, WEIGHTS = "config.yaml", "tokenizer.model", "model.safetensors"
@@ -171,8 +172,11 @@ def _read_config_dict(run_dir: Path) -> dict:
 def resume_config(run_dir: Path, overrides: list[str], flags: dict[str, Any]) -> RunConfig:
     """The saved config with `overrides`/`flags` on top; only the stop limits and the device may
     change, since anything else would not continue the same run."""
-    check_run_dir(run_dir, (CONFIG, TOKENIZER, TRAIN_STATE))
+    check_run_dir(run_dir, (CONFIG, TOKENIZER))
     saved = read_config(run_dir)
+    if saved.model.cell == "ngram":
+        raise UserError("an n-gram run is counted in one pass and has nothing to resume; count it again with --overwrite")
+    check_run_dir(run_dir, (TRAIN_STATE,))
     cfg = load_config(base=_read_config_dict(run_dir), overrides=overrides, flags=flags)
     old, new = flatten(saved), flatten(cfg)
     changed = [key for key in new if new[key] != old[key] and key not in RESUMABLE_KEYS]
@@ -194,6 +198,11 @@ def save_weights(run_dir: Path, model: RNNLM, step: int) -> None:
     # save_model (not save_file) handles the tied embedding/decoder matrix, which shares storage
     metadata = {"format": "pt", "step": str(step), "lmrnn_version": __version__}
     write_atomically(run_dir / WEIGHTS, lambda tmp: save_model(model, str(tmp), metadata=metadata))
+
+
+def save_ngram(run_dir: Path, kn: KneserNey) -> None:
+    """An n-gram run's counts go where a network's weights would: model.safetensors."""
+    write_atomically(run_dir / WEIGHTS, kn.save)
 
 
 def load_weights(run_dir: Path, model: RNNLM, device: torch.device) -> None:
@@ -271,7 +280,7 @@ def read_summary(run_dir: Path) -> dict | None:
     return summary if isinstance(summary, dict) else None
 
 
-def load_run(run_dir: Path, device: torch.device) -> tuple[RNNLM, Tokenizer, RunConfig]:
+def load_run(run_dir: Path, device: torch.device) -> tuple[RNNLM | NgramLM, Tokenizer, RunConfig]:
     """Rebuild the model from config.yaml + model.safetensors, on `device`, in eval mode."""
     check_run_dir(run_dir)
     cfg = read_config(run_dir)
@@ -279,6 +288,12 @@ def load_run(run_dir: Path, device: torch.device) -> tuple[RNNLM, Tokenizer, Run
     if tokenizer.vocab_size != cfg.model.vocab_size:
         raise UserError(f"{run_dir}: tokenizer.model has {tokenizer.vocab_size} pieces but config.yaml "
                         f"says model.vocab_size={cfg.model.vocab_size}")
+    if cfg.model.cell == "ngram":
+        try:
+            kn = KneserNey.load(run_dir / WEIGHTS)
+        except (SafetensorError, OSError, ValueError, KeyError) as err:
+            raise UserError(f"{run_dir / WEIGHTS} is truncated, corrupted or not an n-gram model ({err})") from None
+        return NgramLM(kn).to(device), tokenizer, cfg
     model = RNNLM(cfg.model)
     load_weights(run_dir, model, torch.device("cpu"))
     model.to(device).eval()

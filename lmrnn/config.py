@@ -22,7 +22,7 @@ import yaml
 
 from lmrnn.errors import UserError
 
-Cell = Literal["rnn", "rnn_relu", "lstm", "gru"]
+Cell = Literal["rnn", "rnn_relu", "lstm", "gru", "ngram"]
 
 
 @dataclass
@@ -71,6 +71,7 @@ class ModelConfig:
     dropout: float = 0.25  # on embeddings, between layers and before the decoder (Zaremba 2014)
     tie_weights: bool = True  # decoder shares the embedding matrix (Press & Wolf 2016)
     vocab_size: int = 0  # derived from the tokenizer when training starts
+    order: int = 5  # cell ngram: the n of the Kneser-Ney n-gram model (the other keys do not apply)
 
     def __post_init__(self) -> None:
         for key in ("embedding_dim", "hidden_size", "num_layers"):
@@ -78,6 +79,8 @@ class ModelConfig:
                 raise UserError(f"model.{key} must be >= 1, got {getattr(self, key)}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if not 1 <= self.order <= 10:
+            raise UserError(f"model.order must be between 1 and 10, got {self.order}")
 
 
 @dataclass
@@ -141,8 +144,8 @@ RESUMABLE_KEYS = {"train.epochs", "train.max_steps", "train.max_minutes", "devic
 
 # Version of the config.yaml written into a run directory. Each step up names the keys it added
 # and the values that reproduce the older behaviour, so older runs load (and resume) unchanged.
-FORMAT_VERSION = 2
-ADDED_IN_FORMAT = {2: {"train.save_minutes": 0.0, "train.max_bad_steps": 10}}
+FORMAT_VERSION = 3
+ADDED_IN_FORMAT = {2: {"train.save_minutes": 0.0, "train.max_bad_steps": 10}, 3: {"model.order": 5}}
 
 
 def migrate(raw: dict, version: int) -> dict:

@@ -15,13 +15,14 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from lmrnn import checkpoint
 from lmrnn.data import IGNORE_INDEX, Corpus, Split, batchify, load_split, windows
 from lmrnn.errors import UserError
-from lmrnn.models import RNNLM
+from lmrnn.models import RNNLM, NgramLM
 from lmrnn.runtime import autocast, resolve_device
 
 
@@ -72,7 +73,10 @@ def evaluate_nll(model: RNNLM, x: torch.Tensor, y: torch.Tensor, bptt: int,
 
 def score_split(model: RNNLM, split: Split, batch_size: int, bptt: int,
                 amp_dtype: torch.dtype | None = None) -> tuple[float, int]:
-    """Exact NLL of a split: every token predicted once (the last row padded, not trimmed)."""
+    """Exact NLL of a split: every token predicted once (the last row padded, not trimmed). An
+    n-gram model reads the split as one stream: its history never crosses an eos anyway."""
+    if isinstance(model, NgramLM):
+        return float(-model.kn.score(split.ids).sum()), split.tokens
     x, y = batchify(split.ids, batch_size, pad=True)
     nll, count = evaluate_nll(model, x, y, bptt, amp_dtype)
     assert count == split.tokens, (count, split.tokens)
@@ -131,6 +135,9 @@ def score_lines(run_dir: Path, lines: list[str], device: str = "auto", batch_siz
         raise UserError("nothing to score: the text has no lines")
     eos = tokenizer.eos_id
     sequences = [[eos] + ids + [eos] for ids in tokenizer.encode_batch(lines)]
+    if isinstance(model, NgramLM):
+        return [LineScore(line, len(seq) - 1, float(model.kn.score(np.array(seq)).sum()))
+                for line, seq in zip(lines, sequences)]
     order = sorted(range(len(lines)), key=lambda i: -len(sequences[i]))
     logprobs = [0.0] * len(lines)
     for start in range(0, len(order), batch_size):

@@ -146,7 +146,7 @@ class TextGenerator:
 
     def __init__(self, run_dir: Path, device: str = "auto"):
         self.model, self.tokenizer, self.cfg = checkpoint.load_run(run_dir, resolve_device(device))
-        self.device = next(self.model.parameters()).device
+        self.device = self.model.device
 
     def random_generator(self, seed: int | None) -> torch.Generator:
         """The one source of randomness: seeded, or from fresh entropy when `seed` is None."""

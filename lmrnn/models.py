@@ -6,10 +6,12 @@ the loss (F.cross_entropy) is computed outside it.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 from lmrnn.config import ModelConfig
+from lmrnn.ngram import KneserNey
 
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # LSTM carries (h, c), others h
 
@@ -77,6 +79,45 @@ class RNNLM(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())  # a tied matrix counts once
+
+    @property
+    def device(self) -> torch.device:
+        return self.embedding.weight.device
+
+
+class NgramLM(nn.Module):
+    """A Kneser-Ney model behind RNNLM's interface, so generation needs no second code path:
+    forward gives log-probabilities as logits, and the "hidden state" is the last order-1 tokens,
+    (1, B, order-1) with -1 for none (batch on dimension 1, as for a recurrent state)."""
+
+    def __init__(self, kn: KneserNey):
+        super().__init__()
+        self.kn = kn
+        self.register_buffer("marker", torch.zeros(0), persistent=False)  # where outputs go
+
+    @property
+    def device(self) -> torch.device:
+        return self.marker.device
+
+    def num_parameters(self) -> int:
+        return sum(len(level.keys) for level in self.kn.levels)  # stored n-grams
+
+    def forward(self, ids: torch.Tensor, hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids (B, T) -> log-probabilities (B, T, V) and the new state (1, B, order-1)."""
+        B, T = ids.shape
+        keep = self.kn.order - 1
+        if hidden is None:
+            hidden = torch.full((1, B, keep), -1, dtype=torch.long)
+        logits = torch.empty(B, T, self.kn.vocab_size)
+        rows = []
+        for b in range(B):
+            history = [t for t in hidden[0, b].tolist() if t >= 0]
+            for t, token in enumerate(ids[b].tolist()):
+                history.append(token)
+                logits[b, t] = torch.from_numpy(np.log(self.kn.distribution(history)))
+            tail = history[-keep:] if keep else []
+            rows.append([-1] * (keep - len(tail)) + tail)
+        return logits.to(self.device), torch.tensor([rows], dtype=torch.long, device=self.device).view(1, B, keep)
 
 
 def map_hidden(hidden: Hidden, fn) -> Hidden:

@@ -209,6 +209,8 @@ def load_probe_runs(run_dirs: list[Path], device: str, same_tokenizer: bool) -> 
     runs = []
     for run_dir in run_dirs:
         model, tokenizer, cfg = checkpoint.load_run(run_dir, torch_device)
+        if not isinstance(model, RNNLM):
+            raise UserError(f"{run_dir} is a {cfg.model.cell} model: the probes measure recurrent states")
         label = run_dir.name if names.count(run_dir.name) == 1 else str(run_dir)
         runs.append(ProbeRun(label, cfg.model.cell, model, tokenizer, cfg))
     if same_tokenizer and len({r.tokenizer.fingerprint for r in runs}) > 1:

@@ -26,7 +26,8 @@ from lmrnn.console import TrainingProgress
 from lmrnn.data import SPLITS, Corpus, batchify, load_or_train_tokenizer, load_split, num_windows, windows
 from lmrnn.errors import UserError
 from lmrnn.evaluate import figures, score_split
-from lmrnn.models import RNNLM, detach_hidden
+from lmrnn.models import RNNLM, NgramLM, detach_hidden
+from lmrnn.ngram import KneserNey
 from lmrnn.runtime import autocast, autocast_dtype, resolve_device, rng_state, seed_everything, set_rng_state
 from lmrnn.tokenizer import Tokenizer
 
@@ -119,14 +120,16 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
     splits = {name: load_split(corpus, name, tokenizer) for name in SPLITS}
     log.info("data: %s | tokens train %s, validation %s, test %s | vocab %d (%.1fs)", corpus.name,
              *(f"{splits[n].tokens:,}" for n in SPLITS), tokenizer.vocab_size, time.perf_counter() - tokenize_start)
+    for name in ("validation", "test"):
+        if splits[name].tokens < 1:
+            raise UserError(f"the {name} split is empty")
+    if cfg.model.cell == "ngram":
+        return _count_ngram(cfg, run_dir, tokenizer, splits, held, wall_start)
     tc = cfg.train
     x_train, y_train = batchify(splits["train"].ids, tc.batch_size)  # (B, L) each
     if x_train.size(1) < tc.bptt:
         raise UserError(f"the train split has {splits['train'].tokens:,} tokens: too few for "
                         f"train.batch_size={tc.batch_size} rows of train.bptt={tc.bptt}; lower one of them")
-    for name in ("validation", "test"):
-        if splits[name].tokens < 1:
-            raise UserError(f"the {name} split is empty")
     windows_per_epoch = num_windows(x_train, tc.bptt)
 
     # ---- model and optimizer
@@ -324,3 +327,39 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
     checkpoint.write_summary(run_dir, summary)
     return summary
 
+
+
+def _count_ngram(cfg: RunConfig, run_dir: Path, tokenizer: Tokenizer, splits: dict, held: contextlib.ExitStack,
+                 wall_start: float) -> dict:
+    """cell ngram: count the train split into a Kneser-Ney model (no steps, no optimizer), then
+    score validation and test exactly; the run directory has the same files and summary keys."""
+    cfg.model.vocab_size = tokenizer.vocab_size
+    count_start = time.perf_counter()
+    kn = KneserNey.fit(splits["train"].ids, cfg.model.order, tokenizer.vocab_size, tokenizer.eos_id)
+    count_seconds = time.perf_counter() - count_start
+    held.enter_context(checkpoint.run_lock(run_dir))
+    checkpoint.clear_run(run_dir)
+    checkpoint.save_tokenizer(run_dir, tokenizer)
+    checkpoint.save_config(run_dir, cfg)
+    checkpoint.save_ngram(run_dir, kn)
+    model = NgramLM(kn)
+    log.info("model: Kneser-Ney %d-gram, %s n-grams counted in %.1fs | run %s", cfg.model.order,
+             f"{model.num_parameters():,}", count_seconds, run_dir)
+    results = {}
+    for name in ("validation", "test"):
+        nll, _ = score_split(model, splits[name], 1, 1)
+        results[name] = figures(nll, splits[name])
+        checkpoint.append_metrics(run_dir, {"event": "eval", "split": name, "step": 0,
+                                            "loss": nll / splits[name].tokens, **results[name]})
+    test, tokens = results["test"], splits["train"].tokens
+    summary = {
+        "run": str(run_dir), "cell": "ngram", "params": model.num_parameters(), "steps": 0, "epochs": 1.0,
+        "train_tokens": tokens, "train_seconds": round(count_seconds, 2),
+        "train_tokens_per_second": round(tokens / max(count_seconds, 1e-9), 1),
+        "wall_seconds": round(time.perf_counter() - wall_start, 2), "best_val_ppl": results["validation"]["ppl"],
+        "test_ppl": test["ppl"], "test_word_ppl": test["word_ppl"], "test_bits_per_byte": test["bits_per_byte"],
+        "skipped_steps": 0, "stopped_by": "budget", "device": "cpu", "lmrnn_version": __version__,
+        "torch_version": torch.__version__,
+    }
+    checkpoint.write_summary(run_dir, summary)
+    return summary
