@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging
 import math
+import re
 import statistics
 from pathlib import Path
 
@@ -34,16 +35,24 @@ from lmrnn.tokenizer import Tokenizer
 log = logging.getLogger(__name__)
 
 REQUEST, RESULTS, REPORT, CURVES = "request.json", "results.json", "report.md", "curves.png"
-CELLS = ("rnn", "rnn_relu", "lstm", "gru")
+CELLS = ("rnn", "rnn_relu", "lstm", "gru")  # neural cells, sized by --match
+NGRAM = re.compile(r"ngram(\d*)")  # ngram (model.order) or ngramN: a Kneser-Ney N-gram baseline, counted not trained
 MATCH_TOLERANCE = 0.02  # --match params promises parameter counts within 2% of the reference
 TABLE = ["cell", "hidden", "params", "best val ppl", "test ppl", "test word ppl", "test bits/byte", "tokens/s", "wall"]
 
 
+def ngram_order(cell: str, cfg: RunConfig) -> int | None:
+    """The n of an n-gram cell name (ngram5 -> 5; ngram -> model.order); None for a neural cell."""
+    found = NGRAM.fullmatch(cell)
+    return None if found is None else int(found[1] or cfg.model.order)
+
+
 def parse_cells(text: str) -> list[str]:
     cells = [c.strip() for c in text.split(",") if c.strip()]
-    unknown = [c for c in cells if c not in CELLS]
+    unknown = [c for c in cells if c not in CELLS and not (NGRAM.fullmatch(c) and 1 <= int(NGRAM.fullmatch(c)[1] or 1) <= 10)]
     if unknown or not cells:
-        raise UserError(f"--cells takes a comma-separated list of {', '.join(CELLS)}; got {text!r}")
+        raise UserError(f"--cells takes a comma-separated list of {', '.join(CELLS)} and ngram or ngramN "
+                        f"(N = 1..10, e.g. ngram3,ngram5); got {text!r}")
     if len(set(cells)) != len(cells):
         raise UserError(f"--cells lists a cell twice: {text!r}")
     return cells
@@ -74,8 +83,12 @@ def matched_hidden_size(cfg: RunConfig, cell: str, target: int) -> int:
 
 
 def plan_sizes(cfg: RunConfig, cells: list[str], match: str) -> tuple[str, dict[str, int], dict[str, int]]:
-    """Reference cell (the LSTM when compared, else the first cell) at model.hidden_size, and each
-    cell's hidden size and parameter count. `cfg.model.vocab_size` must be set."""
+    """Reference cell (the LSTM when compared, else the first neural cell) at model.hidden_size,
+    and each neural cell's hidden size and parameter count (n-gram cells have neither until
+    counted). `cfg.model.vocab_size` must be set."""
+    cells = [cell for cell in cells if cell in CELLS]
+    if not cells:
+        return "", {}, {}
     reference = "lstm" if "lstm" in cells else cells[0]
     target = count_parameters(dataclasses.replace(cfg.model, cell=reference))
     hidden = {cell: matched_hidden_size(cfg, cell, target) if match == "params" else cfg.model.hidden_size
@@ -110,7 +123,7 @@ def compare(cfg: RunConfig, cells: list[str], seeds: list[int], match: str, out:
     cfg.model.vocab_size = tokenizer.vocab_size
     reference, hidden, params = plan_sizes(cfg, cells, match)
     log.info("compare on %s: %s | match %s (reference %s) | %s", corpus.name, ", ".join(cells), match, reference,
-             ", ".join(f"{c} hidden {hidden[c]} ({params[c]:,} params)" for c in cells))
+             ", ".join(f"{c} hidden {hidden[c]} ({params[c]:,} params)" if c in hidden else f"{c} counted" for c in cells))
 
     runs = [(cell, seed) for seed in seeds for cell in cells]  # all cells of a seed before the next seed
     summaries: list[dict] = []
@@ -118,28 +131,33 @@ def compare(cfg: RunConfig, cells: list[str], seeds: list[int], match: str, out:
     with progress:
         for cell, seed in runs:
             run_dir = out / f"{cell}-seed{seed}"
+            order = ngram_order(cell, cfg)
             run_cfg = load_config(base=dataclasses.asdict(cfg), flags={
-                "model.cell": cell, "model.hidden_size": hidden[cell], "seed": seed,
-                "tokenizer.path": str(shared.resolve())})
+                "seed": seed, "tokenizer.path": str(shared.resolve()),
+                **({"model.cell": cell, "model.hidden_size": hidden[cell]} if order is None
+                   else {"model.cell": "ngram", "model.order": order})})
             summary = checkpoint.read_summary(run_dir)
             if summary is None or summary.get("stopped_by") != "budget" or overwrite:
                 resume = (run_dir / checkpoint.TRAIN_STATE).is_file() and not overwrite
-                with progress.run(f"{cell} seed {seed} (hidden {hidden[cell]}, {params[cell]:,} params)") as report:
+                size = f"order {order}" if order else f"hidden {hidden[cell]}, {params[cell]:,} params"
+                with progress.run(f"{cell} seed {seed} ({size})") as report:
                     summary = train(run_cfg, run_dir, resume=resume, overwrite=not resume, progress=report)
             else:
                 progress.line(f"{run_dir.name}: finished earlier, kept")
             progress.finished()
-            summaries.append({**summary, "seed": seed, "hidden_size": hidden[cell]})
+            summaries.append({**summary, "seed": seed, "hidden_size": hidden.get(cell), "compared_as": cell})
+            if order is not None:  # an n-gram model's size is known once counted
+                hidden[cell], params[cell] = f"order {order}", summary["params"]
             if summary["stopped_by"] != "budget":  # a stop signal: the same command continues
                 return {"interrupted": summary["stopped_by"], "runs": summaries}
 
     results = {"corpus": corpus.name, "vocab_size": tokenizer.vocab_size, "match": match, "reference": reference, "cells": cells, "seeds": seeds,
                "hidden_sizes": hidden, "params": params, "config": request["config"],
-               "per_cell": {cell: aggregate([s for s in summaries if s["cell"] == cell]) for cell in cells},
+               "per_cell": {cell: aggregate([s for s in summaries if s["compared_as"] == cell]) for cell in cells},
                "runs": summaries}
     checkpoint.atomic_write(out / RESULTS, json.dumps(results, indent=2) + "\n")
     plot_learning_curves([(f"{s['cell']} seed {s['seed']}", s["cell"], checkpoint.read_metrics(Path(s["run"])))
-                          for s in summaries], out / CURVES)
+                          for s in summaries if s["cell"] != "ngram"], out / CURVES)  # counted: no curve
     checkpoint.atomic_write(out / REPORT, report_markdown(results))
     return results
 

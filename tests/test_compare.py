@@ -131,3 +131,26 @@ def test_compare_refuses_a_folder_with_other_contents(tmp_path):
     with pytest.raises(UserError, match="not empty"):
         compare(tiny_cfg(corpus, steps=4), ["rnn"], [1], "hidden", other, progress=ComparisonProgress(1, enabled=False))
     assert (other / "notes.txt").read_text() == "mine"
+
+
+def test_kneser_ney_baselines_join_the_comparison(tmp_path):
+    """ngram2,ngram3 beside a neural cell: counted (no hidden size, no matching, no curve), each
+    order its own row, and the n-gram figures are those of a plain `lmrnn train --cell ngram`."""
+    from lmrnn.train import train
+
+    corpus = write_corpus(tmp_path / "corpus")
+    cfg = tiny_cfg(corpus, steps=4)
+    cfg.tokenizer.model_type, cfg.tokenizer.vocab_size = "word", 0
+    results = compare(cfg, parse_cells("ngram2,ngram3,gru"), [1], "params", tmp_path / "cmp",
+                      progress=ComparisonProgress(3, enabled=False))
+    assert results["hidden_sizes"]["ngram2"] == "order 2" and results["hidden_sizes"]["gru"] == cfg.model.hidden_size
+    assert results["reference"] == "gru"
+    two, three = (results["per_cell"][c]["test_ppl"]["mean"] for c in ("ngram2", "ngram3"))
+    assert two != three and results["params"]["ngram3"] > results["params"]["ngram2"] > 0
+    single = tiny_cfg(corpus)
+    single.tokenizer.model_type, single.tokenizer.vocab_size = "word", 0
+    single.model.cell, single.model.order = "ngram", 3
+    assert train(single, tmp_path / "alone")["test_ppl"] == pytest.approx(three)
+    assert "order 3" in (tmp_path / "cmp" / REPORT).read_text()
+    with pytest.raises(UserError, match="ngramN"):
+        parse_cells("ngram11,lstm")
