@@ -36,7 +36,7 @@ from lmrnn import __version__
 from lmrnn.config import (FORMAT_VERSION, RESUMABLE_KEYS, RunConfig, config_to_yaml, flatten, load_config, migrate,
                           missing_keys)
 from lmrnn.errors import UserError
-from lmrnn.models import RNNLM, NgramLM
+from lmrnn.models import RNNLM, FeedForwardLM, NgramLM, build_model
 from lmrnn.ngram import KneserNey
 from lmrnn.tokenizer import Tokenizer
 
@@ -280,7 +280,7 @@ def read_summary(run_dir: Path) -> dict | None:
     return summary if isinstance(summary, dict) else None
 
 
-def load_run(run_dir: Path, device: torch.device) -> tuple[RNNLM | NgramLM, Tokenizer, RunConfig]:
+def load_run(run_dir: Path, device: torch.device) -> tuple[RNNLM | FeedForwardLM | NgramLM, Tokenizer, RunConfig]:
     """Rebuild the model from config.yaml + model.safetensors, on `device`, in eval mode."""
     check_run_dir(run_dir)
     cfg = read_config(run_dir)
@@ -294,8 +294,9 @@ def load_run(run_dir: Path, device: torch.device) -> tuple[RNNLM | NgramLM, Toke
         except (SafetensorError, OSError, ValueError, KeyError) as err:
             raise UserError(f"{run_dir / WEIGHTS} is truncated, corrupted or not an n-gram model ({err})") from None
         return NgramLM(kn).to(device), tokenizer, cfg
-    model = RNNLM(cfg.model)
+    model = build_model(cfg.model)
     load_weights(run_dir, model, torch.device("cpu"))
     model.to(device).eval()
-    model.rnn.flatten_parameters()  # contiguous weights for cuDNN after the move
+    if isinstance(model, RNNLM):
+        model.rnn.flatten_parameters()  # contiguous weights for cuDNN after the move
     return model, tokenizer, cfg

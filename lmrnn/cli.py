@@ -280,7 +280,7 @@ def eval_(
 @app.command(help=f"Train several cells on one corpus under one budget and report them side by side. {PRECEDENCE}")
 def compare(
     data: DataArg = None,
-    cells: Annotated[str, typer.Option(help="Comma-separated cells: rnn, rnn_relu, lstm, gru, and Kneser-Ney baselines ngram (model.order) or ngramN, e.g. ngram3,ngram5.")] = "rnn,lstm,gru",
+    cells: Annotated[str, typer.Option(help="Comma-separated cells: rnn, rnn_relu, lstm, gru, ffnn (feed-forward, model.context tokens), and Kneser-Ney baselines ngram (model.order) or ngramN, e.g. ngram3,ngram5.")] = "rnn,lstm,gru",
     budget_minutes: Annotated[Optional[float], typer.Option(help="Training minutes per run (replaces the config's stop limits).")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Training steps per run (replaces the config's stop limits).")] = None,
     match: Annotated[Literal["params", "hidden"], typer.Option(help="params: hidden sizes chosen so parameter counts agree within 2% of the LSTM's (or the first cell's) at model.hidden_size; hidden: the same hidden size.")] = "params",

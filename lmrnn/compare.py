@@ -35,7 +35,7 @@ from lmrnn.tokenizer import Tokenizer
 log = logging.getLogger(__name__)
 
 REQUEST, RESULTS, REPORT, CURVES = "request.json", "results.json", "report.md", "curves.png"
-CELLS = ("rnn", "rnn_relu", "lstm", "gru")  # neural cells, sized by --match
+CELLS = ("rnn", "rnn_relu", "lstm", "gru", "ffnn")  # neural cells, sized by --match
 NGRAM = re.compile(r"ngram(\d*)")  # ngram (model.order) or ngramN: a Kneser-Ney N-gram baseline, counted not trained
 MATCH_TOLERANCE = 0.02  # --match params promises parameter counts within 2% of the reference
 TABLE = ["cell", "hidden", "params", "best val ppl", "test ppl", "test word ppl", "test bits/byte", "tokens/s", "wall"]

@@ -22,7 +22,7 @@ import yaml
 
 from lmrnn.errors import UserError
 
-Cell = Literal["rnn", "rnn_relu", "lstm", "gru", "ngram"]
+Cell = Literal["rnn", "rnn_relu", "lstm", "gru", "ffnn", "ngram"]
 
 
 @dataclass
@@ -72,6 +72,7 @@ class ModelConfig:
     tie_weights: bool = True  # decoder shares the embedding matrix (Press & Wolf 2016)
     vocab_size: int = 0  # derived from the tokenizer when training starts
     order: int = 5  # cell ngram: the n of the Kneser-Ney n-gram model (the other keys do not apply)
+    context: int = 5  # cell ffnn: how many previous tokens the feed-forward model sees (Bengio et al. 2003)
 
     def __post_init__(self) -> None:
         for key in ("embedding_dim", "hidden_size", "num_layers"):
@@ -81,6 +82,8 @@ class ModelConfig:
             raise UserError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if not 1 <= self.order <= 10:
             raise UserError(f"model.order must be between 1 and 10, got {self.order}")
+        if self.context < 1:
+            raise UserError(f"model.context must be >= 1, got {self.context}")
 
 
 @dataclass
@@ -145,7 +148,7 @@ RESUMABLE_KEYS = {"train.epochs", "train.max_steps", "train.max_minutes", "devic
 # Version of the config.yaml written into a run directory. Each step up names the keys it added
 # and the values that reproduce the older behaviour, so older runs load (and resume) unchanged.
 FORMAT_VERSION = 3
-ADDED_IN_FORMAT = {2: {"train.save_minutes": 0.0, "train.max_bad_steps": 10}, 3: {"model.order": 5}}
+ADDED_IN_FORMAT = {2: {"train.save_minutes": 0.0, "train.max_bad_steps": 10}, 3: {"model.order": 5, "model.context": 5}}
 
 
 def migrate(raw: dict, version: int) -> dict:

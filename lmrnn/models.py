@@ -85,6 +85,61 @@ class RNNLM(nn.Module):
         return self.embedding.weight.device
 
 
+class FeedForwardLM(nn.Module):
+    """The neural probabilistic LM of Bengio et al. (2003): the embeddings of the previous N
+    tokens (model.context), concatenated, through model.num_layers tanh layers, then the decoder
+    (tied as in RNNLM). It has RNNLM's interface: its carried "state" is the last N tokens,
+    (1, B, N) with -1 for "before the text" (a zero embedding, like a recurrent zero state), so
+    every position sees its N previous tokens across window boundaries, in training and in eval."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.vocab_size < 1:
+            raise ValueError("ModelConfig.vocab_size must be set (from the tokenizer) before building")
+        self.cfg = cfg
+        N, E, H, V = cfg.context, cfg.embedding_dim, cfg.hidden_size, cfg.vocab_size
+        self.embedding = nn.Embedding(V, E)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(nn.Linear(N * E if i == 0 else H, H) for i in range(cfg.num_layers))
+        tied_projection = cfg.tie_weights and H != E
+        self.projection = nn.Linear(H, E, bias=False) if tied_projection else None
+        self.decoder = nn.Linear(E if cfg.tie_weights else H, V)
+        if cfg.tie_weights:
+            self.decoder.weight = self.embedding.weight
+        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embedding.weight.device
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, ids: torch.Tensor, hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids (B, T) -> logits (B, T, V) and the last N tokens (1, B, N)."""
+        B, T = ids.shape
+        N = self.cfg.context
+        if hidden is None:
+            hidden = ids.new_full((1, B, N), -1)
+        tokens = torch.cat([hidden[0], ids], dim=1)  # (B, N + T)
+        known = (tokens >= 0).unsqueeze(-1)
+        x = self.dropout(self.embedding(tokens.clamp(min=0)) * known)  # (B, N + T, E)
+        # the window ending at each input token: positions t+1 .. t+N of `tokens`
+        x = x.unfold(1, N, 1)[:, 1:]  # (B, T, E, N)
+        x = x.transpose(2, 3).reshape(B, T, N * self.cfg.embedding_dim)  # (B, T, N * E)
+        for layer in self.layers:
+            x = self.dropout(torch.tanh(layer(x)))  # (B, T, H)
+        if self.projection is not None:
+            x = self.projection(x)
+        return self.decoder(x), tokens[:, T:].unsqueeze(0)
+
+
+def build_model(cfg: ModelConfig) -> RNNLM | FeedForwardLM:
+    """The trainable model a config asks for (cell ngram is counted, not built here)."""
+    return FeedForwardLM(cfg) if cfg.cell == "ffnn" else RNNLM(cfg)
+
+
 class NgramLM(nn.Module):
     """A Kneser-Ney model behind RNNLM's interface, so generation needs no second code path:
     forward gives log-probabilities as logits, and the "hidden state" is the last order-1 tokens,
@@ -135,11 +190,16 @@ GATES = {"rnn": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}  # weight blocks per laye
 
 
 def count_parameters(cfg: ModelConfig) -> int:
-    """RNNLM(cfg).num_parameters() without building it (for sizing searches):
-    embedding V*E; layer l: G*H*(in_l + H) weights + 2*G*H biases (PyTorch keeps b_ih and b_hh),
-    in_0 = E, in_l = H; tied: projection H*E when H != E, decoder bias V; untied: decoder H*V + V."""
-    E, H, V, G = cfg.embedding_dim, cfg.hidden_size, cfg.vocab_size, GATES[cfg.cell]
-    recurrent = sum(G * H * ((E if layer == 0 else H) + H) + 2 * G * H for layer in range(cfg.num_layers))
+    """build_model(cfg).num_parameters() without building it (for sizing searches):
+    embedding V*E; recurrent layer l: G*H*(in_l + H) weights + 2*G*H biases (PyTorch keeps b_ih
+    and b_hh), in_0 = E, in_l = H; feed-forward layer l: in_l*H + H, in_0 = N*E; tied: projection
+    H*E when H != E, decoder bias V; untied: decoder H*V + V."""
+    E, H, V = cfg.embedding_dim, cfg.hidden_size, cfg.vocab_size
+    if cfg.cell == "ffnn":  # layer 0: N*E -> H, then H -> H; weights and one bias each
+        recurrent = sum((cfg.context * E if layer == 0 else H) * H + H for layer in range(cfg.num_layers))
+    else:
+        G = GATES[cfg.cell]
+        recurrent = sum(G * H * ((E if layer == 0 else H) + H) + 2 * G * H for layer in range(cfg.num_layers))
     if cfg.tie_weights:
         output = (H * E if H != E else 0) + V
     else:

@@ -26,7 +26,7 @@ from lmrnn.console import TrainingProgress
 from lmrnn.data import SPLITS, Corpus, batchify, load_or_train_tokenizer, load_split, num_windows, windows
 from lmrnn.errors import UserError
 from lmrnn.evaluate import figures, score_split
-from lmrnn.models import RNNLM, NgramLM, detach_hidden
+from lmrnn.models import RNNLM, NgramLM, build_model, detach_hidden
 from lmrnn.ngram import KneserNey
 from lmrnn.runtime import autocast, autocast_dtype, resolve_device, rng_state, seed_everything, set_rng_state
 from lmrnn.tokenizer import Tokenizer
@@ -137,8 +137,9 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
         raise UserError(f"{run_dir}: tokenizer.model has {tokenizer.vocab_size} pieces but config.yaml says "
                         f"model.vocab_size={cfg.model.vocab_size}")
     cfg.model.vocab_size = tokenizer.vocab_size
-    model = RNNLM(cfg.model).to(device)
-    model.rnn.flatten_parameters()  # cuDNN wants one contiguous weight buffer after the move
+    model = build_model(cfg.model).to(device)
+    if isinstance(model, RNNLM):
+        model.rnn.flatten_parameters()  # cuDNN wants one contiguous weight buffer after the move
     optimizer = build_optimizer(model, tc)
     # interval = the log interval's running sums (loss, grad norm, good steps), kept so that a resumed
     # run logs the same figures; recent = the last logged losses, for the exploding-loss warning

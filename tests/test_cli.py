@@ -34,7 +34,7 @@ def test_help_and_version():
     assert out.stdout.startswith("lmrnn ")
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru", "ffnn"])
 def test_train_generate_eval_end_to_end(cell, tmp_path):
     """The shipped corpus (no DATA), the tiny preset, each cell: train -> generate -> eval."""
     out = tmp_path / cell

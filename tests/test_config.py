@@ -56,7 +56,7 @@ def test_precedence_file_then_overrides_then_flags(tmp_path):
     ("modle.cell=gru", "did you mean model"),
     ("train.batch_size=abc", "train.batch_size must be an integer"),
     ("train.batch_size=2.5", "train.batch_size must be an integer"),
-    ("model.cell=transformer", "model.cell must be one of rnn, rnn_relu, lstm, gru, ngram"),
+    ("model.cell=transformer", "model.cell must be one of rnn, rnn_relu, lstm, gru, ffnn, ngram"),
     ("model.tie_weights=maybe", "model.tie_weights must be true or false"),
     ("model=3", "'model' is a section"),
     ("train.bptt", "must look like key.path=value"),

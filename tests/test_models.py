@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lmrnn.config import ModelConfig
-from lmrnn.models import RNNLM, detach_hidden
+from lmrnn.models import RNNLM, build_model, count_parameters, detach_hidden
 
 CELLS = ["rnn", "rnn_relu", "lstm", "gru"]
 
@@ -89,3 +89,35 @@ def test_next_token_logits_equal_forward_at_the_last_position():
         ids = torch.randint(0, 30, (2, 7))
         logits, state = model(ids)
         torch.testing.assert_close(model.next_token_logits(state), logits[:, -1])
+
+
+@pytest.mark.parametrize("tie, hidden, layers", [(True, 16, 1), (True, 24, 2), (False, 16, 2)])
+def test_feed_forward_parameter_count(tie, hidden, layers):
+    cfg = ModelConfig(cell="ffnn", vocab_size=50, embedding_dim=16, hidden_size=hidden, num_layers=layers,
+                      context=4, tie_weights=tie)
+    assert build_model(cfg).num_parameters() == count_parameters(cfg)
+
+
+def test_feed_forward_sees_exactly_its_n_previous_tokens_across_windows():
+    """Exact evaluation in windows (the last N tokens carried) equals scoring each position alone
+    from its own N-token context, computed one position at a time."""
+    from lmrnn.evaluate import token_nll
+
+    torch.manual_seed(0)
+    N = 3
+    model = build_model(ModelConfig(cell="ffnn", vocab_size=13, embedding_dim=8, hidden_size=16, num_layers=2,
+                                    context=N, dropout=0.0, tie_weights=False)).eval()
+    stream = torch.randint(0, 13, (1, 41))
+    x, y = stream[:, :-1], stream[:, 1:]
+    windowed = token_nll(model, x, y, bptt=7)[0]  # (40,)
+    with torch.no_grad():
+        for p in range(40):
+            context = x[:, max(0, p - N + 1):p + 1]  # at most N tokens, ending at the input token p
+            logits, _ = model(context)
+            expected = -logits[0, -1].log_softmax(dim=-1)[y[0, p]]
+            assert windowed[p].item() == pytest.approx(expected.item(), abs=1e-5)
+    # and only those N: changing an older token changes nothing
+    changed = x.clone()
+    changed[0, 10] = (changed[0, 10] + 1) % 13
+    after = token_nll(model, changed, y, bptt=7)[0]
+    assert torch.equal(after[14:], windowed[14:]) and not torch.equal(after[10:13], windowed[10:13])
