@@ -256,11 +256,16 @@ def eval_(
     json_: JsonOpt = False,
     batch_size: Annotated[Optional[int], typer.Option(help="Rows scored side by side, each from the zero state (default: the run's train.eval_batch_size; 1 = one stream).")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Also draw the runs' learning curves (from metrics.jsonl) into this PNG.")] = None,
+    cache: Annotated[bool, typer.Option("--cache", help="Also the continuous cache (Grave et al. 2017), tuned on validation, on test.")] = False,
+    dynamic: Annotated[bool, typer.Option("--dynamic", help="Also dynamic evaluation (Krause et al. 2018), tuned on validation, on test.")] = False,
+    cache_window: Annotated[int, typer.Option(help="--cache: how many previous positions the cache holds.")] = 500,
     device: DeviceOpt = "auto",
 ) -> None:
     """Exact perplexity of whole splits: token and word perplexity, bits per byte."""
     from lmrnn.evaluate import evaluate_run
 
+    if cache or dynamic:
+        return _eval_adapted(run_dirs, data, split, batch_size, cache, dynamic, cache_window, json_, device)
     with user_errors():
         results = [evaluate_run(run_dir, split, data, device, batch_size) for run_dir in run_dirs]
         if plot is not None:
@@ -275,6 +280,36 @@ def eval_(
                 ["run", "cell", "params", "tokens", "ppl", "word ppl", "bits/byte"],
                 [[r.run, r.cell, f"{r.params:,}", f"{r.tokens:,}", f"{r.ppl:.2f}", f"{r.word_ppl:.2f}",
                   f"{r.bits_per_byte:.4f}"] for r in results])
+
+
+def _eval_adapted(run_dirs: list[Path], data: Optional[str], split: str, batch_size: Optional[int], cache: bool,
+                  dynamic: bool, cache_window: int, json_: bool, device: str) -> None:
+    """eval --cache / --dynamic: static and adapted figures on test, settings picked on validation."""
+    from lmrnn.adaptation import adapt_run
+    from lmrnn.evaluate import figures
+
+    with user_errors():
+        if split != "test" or batch_size is not None:
+            raise UserError("--cache and --dynamic tune on validation and report test, reading it as one "
+                            "stream; drop --split and --batch-size")
+        rows = []
+        for run_dir in run_dirs:
+            info, results = adapt_run(run_dir, cache, dynamic, cache_window, device, data)
+            static = results[0].test_nll
+            for r in results:
+                rows.append({"run": info["run"], "cell": info["cell"], "method": r.method, "settings": r.settings,
+                             "validation_ppl": figures(r.validation_nll, info["splits"]["validation"])["ppl"],
+                             **{f"test_{k}": v for k, v in figures(r.test_nll, info["splits"]["test"]).items()},
+                             "test_nll": r.test_nll, "gain": 1 - math.exp((r.test_nll - static) / info["splits"]["test"].tokens)})
+    if json_:
+        _write(json.dumps(rows, indent=2) + "\n")
+        return
+    print_table("test split, one stream; cache and dynamic settings picked on validation",
+                ["run", "method", "settings", "val ppl", "test ppl", "test word ppl", "bits/byte", "test ppl change"],
+                [[r["run"], r["method"], " ".join(f"{k} {v:g}" for k, v in r["settings"].items()),
+                  f"{r['validation_ppl']:.2f}", f"{r['test_ppl']:.2f}", f"{r['test_word_ppl']:.2f}",
+                  f"{r['test_bits_per_byte']:.4f}", "" if r["method"] == "static" else f"{-100 * r['gain']:+.1f}%"]
+                 for r in rows])
 
 
 @app.command(help=f"Train several cells on one corpus under one budget and report them side by side. {PRECEDENCE}")

@@ -1,0 +1,171 @@
+"""Evaluation-time adaptation of a recurrent run: the continuous cache and dynamic evaluation.
+
+Both read a split as one stream (batch 1, the state carried across windows), so their static
+baseline is exactly `lmrnn eval --batch-size 1`, and both stay proper online predictions: the
+probability of token t uses only tokens before t.
+
+Continuous cache (Grave, Joulin & Usunier 2017): with h_t the decoder input at position t and
+y_t the token that follows it,
+
+    p_cache(w | t) = sum over i in [t - W, t) of softmax_i(theta * h_t . h_i) * [y_i = w]
+    p(w | t)       = (1 - lambda) p_model(w | t) + lambda p_cache(w | t)
+
+(at t = 0 the cache is empty and p = p_model). theta and lambda are picked on validation.
+
+Dynamic evaluation (Krause, Kahembwe, Murray & Renals 2018), SGD form: after scoring each
+window, one step on that window's mean loss, pulled back towards the trained weights:
+theta <- theta - lr * grad + decay * (theta_trained - theta). lr and decay are picked on
+validation.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lmrnn import checkpoint
+from lmrnn.data import IGNORE_INDEX, Corpus, Split, batchify, load_split, windows
+from lmrnn.errors import UserError
+from lmrnn.models import RNNLM, detach_hidden
+from lmrnn.runtime import resolve_device
+
+CACHE_THETAS = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
+CACHE_LAMBDAS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4)
+DYNAMIC_LRS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+DYNAMIC_DECAYS = (0.0, 0.01)
+
+
+@dataclass
+class Stream:
+    """One split read by the model as a single stream."""
+    features: torch.Tensor  # (N, D) float32: the decoder input at each position
+    targets: torch.Tensor  # (N,) the token after each position
+    logprobs: torch.Tensor  # (N,) float64: log p_model(target)
+
+
+def read_stream(model: RNNLM, ids: np.ndarray, bptt: int) -> Stream:
+    x, y = batchify(ids, 1)  # (1, N): one row, nothing dropped
+    device = model.device
+    features, logprobs, hidden = [], [], None
+    with torch.inference_mode():
+        for xw, yw in windows(x, y, bptt):
+            out, hidden = model.encode(xw.to(device), hidden)  # (1, T, D)
+            logits = model.decoder(out)  # (1, T, V)
+            features.append(out[0].float().cpu())
+            logprobs.append(-F.cross_entropy(logits[0].float(), yw[0].to(device), reduction="none").double().cpu())
+    return Stream(torch.cat(features), y[0], torch.cat(logprobs))
+
+
+def cache_logprobs(stream: Stream, window: int, theta: float, block: int = 1024) -> torch.Tensor:
+    """log p_cache(target | t) for every position (N,), float64: -inf where the target is not
+    in the cache, NaN where the cache is empty (t = 0). Computed in blocks of positions, each
+    against its band of the W positions before it."""
+    F_, y = stream.features, stream.targets
+    N = len(y)
+    out = torch.full((N,), -math.inf, dtype=torch.float64)
+    for start in range(0, N, block):
+        end = min(N, start + block)
+        lo = max(0, start - window)
+        scores = theta * (F_[start:end] @ F_[lo:end].T).double()  # (rows, candidates)
+        t = torch.arange(start, end)[:, None]
+        i = torch.arange(lo, end)[None, :]
+        scores = scores.masked_fill(~((i < t) & (i >= t - window)), -math.inf)
+        same = y[lo:end][None, :] == y[start:end][:, None]
+        normaliser = torch.logsumexp(scores, dim=1)
+        hit = torch.logsumexp(scores.masked_fill(~same, -math.inf), dim=1)
+        out[start:end] = torch.where(torch.isfinite(normaliser), hit - normaliser, torch.full_like(hit, math.nan))
+    return out
+
+
+def mix(model_logprobs: torch.Tensor, cache: torch.Tensor, weight: float) -> float:
+    """Total NLL of (1 - weight) p_model + weight p_cache; where the cache is empty, p_model."""
+    if weight == 0:
+        return float(-model_logprobs.sum())
+    mixed = torch.logaddexp(model_logprobs + math.log(1 - weight), cache + math.log(weight))
+    return float(-torch.where(torch.isnan(cache), model_logprobs, mixed).sum())
+
+
+def dynamic_nll(model: RNNLM, ids: np.ndarray, bptt: int, lr: float, decay: float) -> float:
+    """Total NLL of a stream scored window by window, each window adapted to after it is scored."""
+    model = copy.deepcopy(model)  # the run's model stays as trained
+    # cuDNN runs an RNN's backward only in training mode, so train mode with every dropout at 0
+    model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    model.rnn.dropout = 0.0
+    trained = [p.detach().clone() for p in model.parameters()]
+    x, y = batchify(ids, 1)
+    device, total, hidden = model.device, 0.0, None
+    for xw, yw in windows(x, y, bptt):
+        xw, yw = xw.to(device), yw.to(device)
+        with torch.set_grad_enabled(lr > 0):
+            logits, hidden = model(xw, hidden)
+            losses = F.cross_entropy(logits[0].float(), yw[0], ignore_index=IGNORE_INDEX, reduction="none")
+        total += losses.double().sum().item()  # scored before the update
+        if lr > 0:
+            model.zero_grad(set_to_none=True)
+            losses.mean().backward()
+            with torch.no_grad():
+                for p, p0 in zip(model.parameters(), trained):
+                    if p.grad is not None:
+                        p.add_(p.grad, alpha=-lr)
+                    if decay:
+                        p.add_(p0 - p, alpha=decay)
+        hidden = detach_hidden(hidden)
+    return total
+
+
+@dataclass
+class AdaptedResult:
+    method: str  # static | cache | dynamic
+    settings: dict
+    validation_nll: float
+    test_nll: float
+
+
+def adapt_run(run_dir: Path, cache: bool, dynamic: bool, window: int = 500, device: str = "auto",
+              data: str | None = None) -> tuple[dict, list[AdaptedResult]]:
+    """Static, cache and/or dynamic figures of a recurrent run on validation and test: each
+    method's settings are the best on validation, then applied to test."""
+    if window < 1:
+        raise UserError(f"--cache-window must be >= 1, got {window}")
+    model, tokenizer, cfg = checkpoint.load_run(run_dir, resolve_device(device))
+    if not isinstance(model, RNNLM):
+        raise UserError(f"{run_dir} is a {cfg.model.cell} model: --cache and --dynamic adapt recurrent runs")
+    if data is not None:
+        cfg.data.source = data
+    corpus = Corpus(cfg.data)
+    splits: dict[str, Split] = {name: load_split(corpus, name, tokenizer) for name in ("validation", "test")}
+    for name, split in splits.items():
+        if split.tokens < 1:
+            raise UserError(f"the {name} split is empty")
+    bptt = cfg.train.bptt
+    streams = {name: read_stream(model, split.ids, bptt) for name, split in splits.items()}
+    results = [AdaptedResult("static", {}, float(-streams["validation"].logprobs.sum()),
+                             float(-streams["test"].logprobs.sum()))]
+    if cache:
+        best = None
+        for theta in CACHE_THETAS:
+            valid_cache = cache_logprobs(streams["validation"], window, theta)
+            for weight in CACHE_LAMBDAS:
+                nll = mix(streams["validation"].logprobs, valid_cache, weight)
+                if best is None or nll < best[0]:
+                    best = (nll, theta, weight)
+        nll, theta, weight = best
+        test_nll = mix(streams["test"].logprobs, cache_logprobs(streams["test"], window, theta), weight)
+        results.append(AdaptedResult("cache", {"window": window, "theta": theta, "lambda": weight}, nll, test_nll))
+    if dynamic:
+        tried = {(lr, decay): dynamic_nll(model, splits["validation"].ids, bptt, lr, decay)
+                 for lr, decay in itertools.product(DYNAMIC_LRS, DYNAMIC_DECAYS)}
+        (lr, decay), nll = min(tried.items(), key=lambda item: item[1])
+        results.append(AdaptedResult("dynamic", {"lr": lr, "decay": decay}, nll,
+                                     dynamic_nll(model, splits["test"].ids, bptt, lr, decay)))
+    return {"run": str(run_dir), "cell": cfg.model.cell, "splits": splits}, results
