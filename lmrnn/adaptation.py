@@ -38,7 +38,7 @@ from lmrnn.runtime import resolve_device
 
 CACHE_THETAS = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 CACHE_LAMBDAS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4)
-DYNAMIC_LRS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+DYNAMIC_LRS = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
 DYNAMIC_DECAYS = (0.0, 0.01)
 
 

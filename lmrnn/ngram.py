@@ -88,13 +88,13 @@ class KneserNey:
             first = ids[positions[valid] - (k - 1)]  # the k-gram's first token
             first_of = np.zeros(len(unique), dtype=np.int64)
             first_of[inverse] = first
-            raw_levels.append((unique, counts, index, first_of))
+            raw_levels.append((unique, counts, first_of))
             # the prefix for order k+1 at position p: this order's index at p-1; position 0 (the
             # first <s>) is no predicted position, but as a unigram it is the eos seen elsewhere
             at_zero = _lookup(unique, np.array([ids[0]]))[1][0] if k == 1 else 0
             prefix = np.maximum(np.concatenate([[at_zero], index[:-1]]), 0)
         levels = []
-        for k, (unique, counts, index, first_of) in enumerate(raw_levels, start=1):
+        for k, (unique, counts, first_of) in enumerate(raw_levels, start=1):
             if k < order:  # continuation counts, except for k-grams that start at <s>
                 higher_unique = raw_levels[k][0]
                 suffix = _suffix_index(higher_unique, raw_levels, k + 1, V)
