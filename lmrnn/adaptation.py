@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from lmrnn import checkpoint
 from lmrnn.data import IGNORE_INDEX, Corpus, Split, batchify, load_split, windows
 from lmrnn.errors import UserError
+from lmrnn.evaluate import figures
 from lmrnn.models import RNNLM, detach_hidden
 from lmrnn.runtime import resolve_device
 
@@ -169,3 +170,15 @@ def adapt_run(run_dir: Path, cache: bool, dynamic: bool, window: int = 500, devi
         results.append(AdaptedResult("dynamic", {"lr": lr, "decay": decay}, nll,
                                      dynamic_nll(model, splits["test"].ids, bptt, lr, decay)))
     return {"run": str(run_dir), "cell": cfg.model.cell, "splits": splits}, results
+
+
+def adapted_rows(run_dir: Path, cache: bool, dynamic: bool, window: int = 500, device: str = "auto",
+                 data: str | None = None) -> list[dict]:
+    """adapt_run's results as table rows: each method's figures and its test ppl gain over static."""
+    info, results = adapt_run(run_dir, cache, dynamic, window, device, data)
+    validation, test = info["splits"]["validation"], info["splits"]["test"]
+    static = results[0].test_nll
+    return [{"run": info["run"], "cell": info["cell"], "method": r.method, "settings": r.settings,
+             "validation_ppl": figures(r.validation_nll, validation)["ppl"],
+             **{f"test_{k}": v for k, v in figures(r.test_nll, test).items()},
+             "test_nll": r.test_nll, "gain": 1 - math.exp((r.test_nll - static) / test.tokens)} for r in results]

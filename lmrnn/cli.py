@@ -285,22 +285,13 @@ def eval_(
 def _eval_adapted(run_dirs: list[Path], data: Optional[str], split: str, batch_size: Optional[int], cache: bool,
                   dynamic: bool, cache_window: int, json_: bool, device: str) -> None:
     """eval --cache / --dynamic: static and adapted figures on test, settings picked on validation."""
-    from lmrnn.adaptation import adapt_run
-    from lmrnn.evaluate import figures
+    from lmrnn.adaptation import adapted_rows
 
     with user_errors():
         if split != "test" or batch_size is not None:
             raise UserError("--cache and --dynamic tune on validation and report test, reading it as one "
                             "stream; drop --split and --batch-size")
-        rows = []
-        for run_dir in run_dirs:
-            info, results = adapt_run(run_dir, cache, dynamic, cache_window, device, data)
-            static = results[0].test_nll
-            for r in results:
-                rows.append({"run": info["run"], "cell": info["cell"], "method": r.method, "settings": r.settings,
-                             "validation_ppl": figures(r.validation_nll, info["splits"]["validation"])["ppl"],
-                             **{f"test_{k}": v for k, v in figures(r.test_nll, info["splits"]["test"]).items()},
-                             "test_nll": r.test_nll, "gain": 1 - math.exp((r.test_nll - static) / info["splits"]["test"].tokens)})
+        rows = [row for run_dir in run_dirs for row in adapted_rows(run_dir, cache, dynamic, cache_window, device, data)]
     if json_:
         _write(json.dumps(rows, indent=2) + "\n")
         return

@@ -268,16 +268,17 @@ class TextGenerator:
 
     def _beams(self, logits: torch.Tensor, hidden, context: list[int], decoding: Decoding,
                deadline: float | None, stream: Callable[[], TextStream]) -> list[Continuation]:
-        line = stream().ids
+        template = stream()
+        line, stops = template.ids, template.stops
         start = len(self.tokenizer.decode(line))
 
         def stopped(tokens: list[int]) -> bool:  # one decode per candidate: no eos inside a live beam
             text = self.tokenizer.decode(line + tokens)[start:]
-            return any(s in text for s in stream().stops)
+            return any(s in text for s in stops)
 
         results = []
         for hypothesis in beam_search(self.model, logits, hidden, context, decoding, self.tokenizer.eos_id,
-                                      deadline, stopped if stream().stops else None):
+                                      deadline, stopped if stops else None):
             text = stream()
             for token in hypothesis.tokens[:-1] if hypothesis.finish_reason == "eos" else hypothesis.tokens:
                 text.push(token)
