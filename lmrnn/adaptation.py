@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from lmrnn import checkpoint
-from lmrnn.data import IGNORE_INDEX, Corpus, Split, batchify, load_split, windows
+from lmrnn.data import IGNORE_INDEX, Corpus, Split, as_long, batchify, load_split, windows
 from lmrnn.errors import UserError
 from lmrnn.evaluate import figures
 from lmrnn.models import RNNLM, detach_hidden
@@ -61,7 +61,7 @@ def read_stream(model: RNNLM, ids: np.ndarray, bptt: int) -> Stream:
             logits = model.decoder(out)  # (1, T, V)
             features.append(out[0].float().cpu())
             logprobs.append(-F.cross_entropy(logits[0].float(), yw[0].to(device), reduction="none").double().cpu())
-    return Stream(torch.cat(features), y[0], torch.cat(logprobs))
+    return Stream(torch.cat(features), as_long(y[0]), torch.cat(logprobs))
 
 
 def cache_logprobs(stream: Stream, window: int, theta: float, block: int = 1024) -> torch.Tensor:

@@ -49,6 +49,11 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the figures as JSON
 STOP_EXIT_CODES = {"interrupt": 130, "terminate": 143}
 
 
+def _rank() -> int:
+    """The torchrun rank of this process (0 without torchrun): only rank 0 prints results."""
+    return int(os.environ.get("RANK", "0"))
+
+
 @contextlib.contextmanager
 def user_errors():
     """A UserError becomes one red line on stderr and exit code 1; a second Ctrl-C (abort at once)
@@ -56,7 +61,8 @@ def user_errors():
     try:
         yield
     except UserError as err:
-        stderr.print(f"error: {err}", style="red", markup=False, highlight=False, soft_wrap=True)
+        where = f"rank {_rank()}: " if _rank() else ""
+        stderr.print(f"{where}error: {err}", style="red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         stderr.print("aborted", style="red", highlight=False)
@@ -74,7 +80,7 @@ def main(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
-    setup_logging(verbose)
+    setup_logging(verbose, quiet=_rank() > 0)
 
 
 def _flags(**values) -> dict:
@@ -108,6 +114,8 @@ def train(
             cfg = load_config(config, set_ or [], flags)
             run_dir = out or default_run_dir(cfg)
         summary = run_training(cfg, run_dir, resume=resume, overwrite=overwrite)
+    if _rank():
+        raise typer.Exit(STOP_EXIT_CODES.get(summary["stopped_by"], 0))
     print_table(f"run {run_dir}", ["cell", "params", "steps", "tokens/s", "wall", "best val ppl",
                                    "test ppl", "test word ppl", "test bits/byte"],
                 [[summary["cell"], f"{summary['params']:,}", f"{summary['steps']:,}",
@@ -450,7 +458,7 @@ def tokenizer_train(
             raise UserError(f"{out} already exists; use --overwrite to replace it")
         cfg = load_config(config, set_ or [], _flags(data__source=data, data__text_column=text_column,
                                                       tokenizer__vocab_size=vocab_size, tokenizer__model_type=model_type))
-        tokenizer = train_tokenizer(Corpus(cfg.data).documents()["train"], cfg.tokenizer)
+        tokenizer = train_tokenizer(Corpus(cfg.data).documents("train"), cfg.tokenizer)
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(out, tokenizer.model_bytes)
     stderr.print(f"wrote {out}: {cfg.tokenizer.model_type}, {tokenizer.vocab_size} pieces", highlight=False, soft_wrap=True)

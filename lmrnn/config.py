@@ -34,6 +34,7 @@ class DataConfig:
     valid_fraction: float = 0.05  # used only when the data has no validation split of its own
     test_fraction: float = 0.05  # likewise for test; the split is contiguous, by document
     cache_dir: str = ""  # token-id cache; "" = $LMRNN_CACHE or ~/.cache/lmrnn
+    streaming: bool = False  # datasets sources: stream rows (hub: over the network) instead of an Arrow copy
 
     def __post_init__(self) -> None:
         for key in ("valid_fraction", "test_fraction"):
@@ -147,8 +148,9 @@ RESUMABLE_KEYS = {"train.epochs", "train.max_steps", "train.max_minutes", "devic
 
 # Version of the config.yaml written into a run directory. Each step up names the keys it added
 # and the values that reproduce the older behaviour, so older runs load (and resume) unchanged.
-FORMAT_VERSION = 3
-ADDED_IN_FORMAT = {2: {"train.save_minutes": 0.0, "train.max_bad_steps": 10}, 3: {"model.order": 5, "model.context": 5}}
+FORMAT_VERSION = 4
+ADDED_IN_FORMAT = {2: {"train.save_minutes": 0.0, "train.max_bad_steps": 10}, 3: {"model.order": 5, "model.context": 5},
+                   4: {"data.streaming": False}}
 
 
 def migrate(raw: dict, version: int) -> dict:

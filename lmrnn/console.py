@@ -18,15 +18,16 @@ stderr = Console(stderr=True)
 log = logging.getLogger("lmrnn")
 
 
-def setup_logging(verbose: bool = False) -> None:
-    """Send lmrnn's log records to stderr: rich on a terminal, plain lines otherwise."""
+def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """Send lmrnn's log records to stderr: rich on a terminal, plain lines otherwise; `quiet`
+    (a distributed run's ranks but 0) keeps only warnings and errors."""
     if stderr.is_terminal:
         handler: logging.Handler = RichHandler(console=stderr, show_time=False, show_path=False)
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     log.handlers[:] = [handler]
-    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
 
 
 def _progress_bar() -> Progress:
@@ -74,6 +75,16 @@ class TrainingProgress:
             self._bar.console.print(text, highlight=False, markup=False)
         else:
             print(text, file=sys.stderr, flush=True)
+
+
+class SilentProgress(TrainingProgress):
+    """The progress of a distributed run's other ranks: rank 0 alone prints."""
+
+    def __init__(self):
+        self.live, self.parent, self._bar = False, None, None
+
+    def line(self, text: str) -> None:
+        pass
 
 
 class ComparisonProgress(TrainingProgress):

@@ -1,6 +1,9 @@
-"""Text corpora -> documents (via Hugging Face `datasets`) -> cached token ids -> BPTT windows.
+"""Text corpora -> documents -> cached token ids -> BPTT windows.
 
-A document is one row of the dataset: one line of a text file. A split's token stream starts
+A document is one row of the dataset: one line of a text file. Text files are read line by line
+from disk; json/csv/parquet folders and hub datasets through Hugging Face `datasets` (streamed
+with data.streaming). Nothing here holds a whole corpus in memory: documents are read in
+passes, encoded shard by shard into an id file, and the id file is memory-mapped. A split's token stream starts
 with an end-of-sequence id and has one after every document, so every token of the split,
 including each document's end, is predicted exactly once, from the start-of-text context first.
 """
@@ -9,13 +12,16 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import functools
 import hashlib
+import itertools
 import json
 import logging
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -31,6 +37,8 @@ IGNORE_INDEX = -100  # F.cross_entropy skips targets with this value (eval paddi
 DEFAULT_CORPUS = Path(__file__).resolve().parent.parent / "corpora" / "stories"
 _SPLIT_FILES = {"train": ("train.txt",), "validation": ("valid.txt", "validation.txt"), "test": ("test.txt",)}
 _DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".arrow")
+# documents encoded at once (SentencePiece's threads share them) and written to the cache
+SHARD_CHARS = 1 << 23
 _HUB_NAME = re.compile(r"[\w.-]+(/[\w.-]+)?(:[\w.-]+)?")  # name, owner/name, with :config
 
 
@@ -44,6 +52,30 @@ class Split:
     @property
     def tokens(self) -> int:
         return len(self.ids) - 1  # predicted positions
+
+
+class Documents:
+    """One split's documents, read afresh from disk (or the hub) each time it is iterated, so a
+    corpus never has to fit in memory. `rows` starts a new pass over the split's source; rows
+    [start, stop) of it belong to this split (validation and test carved off the end of train)."""
+
+    def __init__(self, rows: Callable[[], Iterator[str]], start: int = 0, stop: int | None = None):
+        self._rows, self.start, self.stop = rows, start, stop
+
+    def __iter__(self) -> Iterator[str]:
+        return itertools.islice(self._rows(), self.start, self.stop)
+
+    def shards(self, max_chars: int) -> Iterator[list[str]]:
+        """Consecutive runs of documents, each closed once it holds `max_chars` characters."""
+        shard, chars = [], 0
+        for doc in self:
+            shard.append(doc)
+            chars += len(doc) + 1
+            if chars >= max_chars:
+                yield shard
+                shard, chars = [], 0
+        if shard:
+            yield shard
 
 
 class Corpus:
@@ -62,7 +94,7 @@ class Corpus:
             self.kind = "hub"
             self.files = {}
         self.name = self.path.stem if self.kind == "files" else source.replace("/", "_").replace(":", "_")
-        self._documents: dict[str, list[str]] | None = None
+        self._splits: dict[str, Documents] | None = None
 
     def _local_files(self) -> dict[str, list[Path]]:
         """Split name -> files; only "train" when the data has no splits of its own."""
@@ -95,65 +127,94 @@ class Corpus:
             parts.append(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
         return self.name + "-" + hashlib.blake2b("\n".join(parts).encode(), digest_size=8).hexdigest()
 
-    def documents(self) -> dict[str, list[str]]:
-        """The documents of each split (loaded once), carving validation/test off the end of
-        train, contiguously, when the data has none."""
-        if self._documents is None:
-            splits = self._load()
-            if not any(doc.strip() for doc in splits.get("train", [])):
+    def documents(self, split: str) -> Documents:
+        """The documents of one split, validation and test carved off the end of train,
+        contiguously, when the data has none (counting train's rows once to do so)."""
+        if self._splits is None:
+            sources, count = self._open()
+            if "train" not in sources or not any(doc.strip() for doc in sources["train"]()):
                 raise UserError(f"corpus {self.cfg.source or self.path} is empty: no text in its train split")
-            self._documents = _carve_missing_splits(splits, self.cfg)
-        return self._documents
+            self._splits = _carve_missing_splits(sources, count, self.cfg)
+        return self._splits[split]
 
-    def _load(self) -> dict[str, list[str]]:
+    def _open(self) -> tuple[dict[str, Callable[[], Iterator[str]]], Callable[[str], int]]:
+        """Per split, a function that starts a pass over its documents; and one that counts them."""
+        if self.kind == "files":
+            # plain text is read line by line straight from disk; empty files are left out
+            files = {name: [p for p in paths if _check_text_file(p)] for name, paths in self.files.items()}
+            sources = {name: functools.partial(_read_lines, paths) for name, paths in files.items() if paths}
+            return sources, lambda name: sum(1 for _ in sources[name]())
         import datasets  # heavy import, only when text must really be read
         import huggingface_hub
 
         datasets.logging.set_verbosity_error()
         huggingface_hub.utils.logging.set_verbosity_error()  # network failures: our one error line
         datasets.disable_progress_bars()
-        if self.kind == "files":
-            # datasets cannot build a split from empty files: leave them out (train stays, empty)
-            data_files = {name: [str(p) for p in paths if _check_text_file(p)] for name, paths in self.files.items()}
-            data_files = {name: files for name, files in data_files.items() if files}
-            if "train" not in data_files:
-                return {"train": []}
-            loaded = datasets.load_dataset("text", data_files=data_files, encoding_errors="replace")
-        else:
-            source = str(self.path) if self.kind == "folder" else self.cfg.source
-            name, _, config = source.partition(":") if self.kind == "hub" else (source, "", "")
-            try:
-                loaded = datasets.load_dataset(name, config or None)
-            except Exception as err:  # network, missing dataset or config: all the user's to fix
-                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise UserError(f"could not load dataset '{source}' with datasets: {first}") from None
-        return {_split_name(name): self._texts(ds, name) for name, ds in loaded.items()}
+        source = str(self.path) if self.kind == "folder" else self.cfg.source
+        name, _, config = source.partition(":") if self.kind == "hub" else (source, "", "")
+        try:
+            loaded = datasets.load_dataset(name, config or None, streaming=self.cfg.streaming)
+        except Exception as err:  # network, missing dataset or config: all the user's to fix
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UserError(f"could not load dataset '{source}' with datasets: {first}") from None
+        splits = {_split_name(split): dataset for split, dataset in loaded.items()}
+        sources = {split: functools.partial(self._texts, dataset, split) for split, dataset in splits.items()}
+        return {split: rows for split, rows in sources.items() if next(rows(), None) is not None}, \
+            functools.partial(_count_rows, splits, source)
 
-    def _texts(self, dataset, split: str) -> list[str]:
+    def _texts(self, dataset, split: str) -> Iterator[str]:
         column = self.cfg.text_column
-        if column not in dataset.column_names:
-            raise UserError(f"split '{split}' has no column '{column}'; set data.text_column to one "
-                            f"of: {', '.join(dataset.column_names)}")
-        return [text or "" for text in dataset[column]]
+        for batch in dataset.iter(batch_size=1000):  # Arrow (or the network) -> one batch in memory
+            if column not in batch:
+                raise UserError(f"split '{split}' has no column '{column}'; set data.text_column to one "
+                                f"of: {', '.join(batch)}")
+            yield from (text or "" for text in batch[column])
+
+
+def _read_lines(paths: list[Path]) -> Iterator[str]:
+    """The lines of text files, exactly as datasets' "text" loader splits them: universal
+    newlines, the line break dropped, undecodable bytes as U+FFFD."""
+    for path in paths:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                yield line.rstrip("\n")
+
+
+def _count_rows(splits: dict, source: str, split: str) -> int:
+    """Rows of a datasets split: its length, or, streamed, the count in the dataset's metadata."""
+    dataset = splits[split]
+    try:
+        return len(dataset)
+    except TypeError:  # a streamed split has no length
+        info = getattr(dataset.info, "splits", None) or {}
+        known = next((s.num_examples for name, s in info.items() if _split_name(name) == split), None)
+        if not known:
+            raise UserError(f"'{source}' has no validation or test split, and streamed its train split's size is "
+                            f"unknown, so none can be carved off; set data.streaming=false") from None
+        return known
 
 
 def _split_name(name: str) -> str:
     return {"valid": "validation", "val": "validation", "dev": "validation"}.get(name, name)
 
 
-def _carve_missing_splits(splits: dict[str, list[str]], cfg: DataConfig) -> dict[str, list[str]]:
-    train = splits["train"]
-    missing = [name for name in ("validation", "test") if not splits.get(name)]
+def _carve_missing_splits(sources: dict[str, Callable[[], Iterator[str]]], count: Callable[[str], int],
+                          cfg: DataConfig) -> dict[str, Documents]:
+    splits = {name: Documents(rows) for name, rows in sources.items()}
+    missing = [name for name in ("validation", "test") if name not in splits]
+    if not missing:
+        return {name: splits[name] for name in SPLITS}
+    n = count("train")
     fractions = {"validation": cfg.valid_fraction, "test": cfg.test_fraction}
-    sizes = {name: max(1, round(len(train) * fractions[name])) for name in missing}
-    if len(train) - sum(sizes.values()) < 1:
-        raise UserError(f"the corpus has only {len(train)} lines: too few to split off "
+    sizes = {name: max(1, round(n * fractions[name])) for name in missing}
+    if n - sum(sizes.values()) < 1:
+        raise UserError(f"the corpus has only {n} lines: too few to split off "
                         f"{' and '.join(missing)}; give more text or separate split files")
-    end = len(train)
+    end = n
     for name in reversed(missing):  # test is the last slice, validation the one before it
-        splits[name] = train[end - sizes[name]:end]
+        splits[name] = Documents(sources["train"], end - sizes[name], end)
         end -= sizes[name]
-    splits["train"] = train[:end]
+    splits["train"] = Documents(sources["train"], 0, end)
     return {name: splits[name] for name in SPLITS}
 
 
@@ -195,7 +256,7 @@ def load_or_train_tokenizer(corpus: Corpus, cfg: TokenizerConfig) -> Tokenizer:
         tokenizer = Tokenizer.load(path)
         warn_if_capped(tokenizer, cfg)
     except UserError:  # not cached yet, or a damaged entry: train
-        tokenizer = train_tokenizer(corpus.documents()["train"], cfg)
+        tokenizer = train_tokenizer(corpus.documents("train"), cfg)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_bytes(tokenizer.model_bytes)
@@ -203,42 +264,73 @@ def load_or_train_tokenizer(corpus: Corpus, cfg: TokenizerConfig) -> Tokenizer:
     return tokenizer
 
 
-def load_split(corpus: Corpus, split: str, tokenizer: Tokenizer) -> Split:
-    """A split's token stream, from the cache when this corpus and tokenizer made it before."""
-    folder = cache_root(corpus.cfg) / corpus.key()
-    stem = folder / f"{tokenizer.fingerprint}-{split}"
-    meta_path, ids_path = stem.with_suffix(".json"), stem.with_suffix(".npy")
-    if meta_path.is_file() and ids_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text())
-            ids = np.load(ids_path, mmap_mode="r")
-            if len(ids) == meta["tokens"] + 1:
-                return Split(ids, meta["words"], meta["bytes"])
-        except (OSError, ValueError, KeyError):
-            pass  # a damaged cache entry is rebuilt below
-    result = encode_documents(corpus.documents()[split], tokenizer)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = ids_path.with_suffix(f".tmp{os.getpid()}.npy")
-    np.save(tmp, result.ids)
+def load_split(corpus: Corpus, split: str, tokenizer: Tokenizer, shard_chars: int = SHARD_CHARS) -> Split:
+    """A split's token stream, memory-mapped from the cache; encoded into it first, shard by
+    shard, when this corpus and tokenizer have not made it before."""
+    stem = cache_root(corpus.cfg) / corpus.key() / f"{tokenizer.fingerprint}-{split}"
+    meta_path, ids_path = stem.with_suffix(".json"), stem.with_suffix(".bin")
+    cached = _read_cache(meta_path, ids_path)
+    if cached is not None:
+        return cached
+    ids_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = ids_path.with_suffix(f".tmp{os.getpid()}")
+    with open(tmp, "wb") as out:
+        meta = {"tokens": 0, "words": 0, "bytes": 0, "dtype": id_dtype(tokenizer.vocab_size).name}
+        np.array([tokenizer.eos_id], dtype=meta["dtype"]).tofile(out)
+        for shard in encoded_shards(corpus.documents(split), tokenizer, shard_chars):
+            shard.ids[1:].tofile(out)  # each shard's leading eos is the previous shard's last id
+            meta["tokens"] += shard.tokens
+            meta["words"] += shard.words
+            meta["bytes"] += shard.bytes
     os.replace(tmp, ids_path)
-    meta_path.write_text(json.dumps({"tokens": result.tokens, "words": result.words, "bytes": result.bytes}))
-    return result
+    tmp_meta = meta_path.with_suffix(f".tmp{os.getpid()}")
+    tmp_meta.write_text(json.dumps(meta))
+    os.replace(tmp_meta, meta_path)  # last: a cache entry without its meta is rebuilt
+    return _read_cache(meta_path, ids_path)
 
 
-def encode_documents(documents: list[str], tokenizer: Tokenizer, chunk: int = 20_000) -> Split:
-    """[eos] doc1 [eos] doc2 [eos] ... as one flat array, with word and byte counts."""
-    dtype = np.uint16 if tokenizer.vocab_size <= np.iinfo(np.uint16).max else np.int32
-    eos = tokenizer.eos_id
-    pieces = [np.array([eos], dtype=dtype)]
-    for start in range(0, len(documents), chunk):
-        for ids in tokenizer.encode_batch(documents[start:start + chunk]):
-            pieces.append(np.array(ids + [eos], dtype=dtype))
-    words = sum(len(doc.split()) for doc in documents) + len(documents)
-    n_bytes = sum(len(doc.encode("utf-8")) for doc in documents) + len(documents)
-    return Split(np.concatenate(pieces), words, n_bytes)
+def _read_cache(meta_path: Path, ids_path: Path) -> Split | None:
+    try:
+        meta = json.loads(meta_path.read_text())
+        ids = np.memmap(ids_path, dtype=meta["dtype"], mode="r")
+        if len(ids) == meta["tokens"] + 1:
+            return Split(ids, meta["words"], meta["bytes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # not cached, or a damaged entry: rebuilt by the caller
+    return None
 
 
-def batchify(ids: np.ndarray, batch_size: int, pad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def id_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size <= np.iinfo(np.uint16).max else np.int32)
+
+
+def encoded_shards(documents: Iterable[str], tokenizer: Tokenizer, shard_chars: int = SHARD_CHARS) -> Iterator[Split]:
+    """The stream [eos] doc1 [eos] doc2 [eos] ... shard by shard, each shard a Split of its own
+    (starting with the eos before its first document). SentencePiece's threads encode each
+    shard in parallel; memory holds one shard, never the corpus."""
+    dtype, eos = id_dtype(tokenizer.vocab_size), tokenizer.eos_id
+    docs = documents if isinstance(documents, Documents) else Documents(lambda: iter(documents))
+    for shard in docs.shards(shard_chars):
+        encoded = tokenizer.encode_batch(shard)
+        ids = np.empty(1 + sum(map(len, encoded)) + len(encoded), dtype=dtype)
+        ids[0], at = eos, 1
+        for piece in encoded:
+            ids[at:at + len(piece)] = piece
+            at += len(piece) + 1
+            ids[at - 1] = eos
+        yield Split(ids, words=sum(len(doc.split()) for doc in shard) + len(shard),
+                    bytes=sum(len(doc.encode("utf-8")) for doc in shard) + len(shard))
+
+
+def encode_documents(documents: Iterable[str], tokenizer: Tokenizer) -> Split:
+    """[eos] doc1 [eos] doc2 [eos] ... as one array in memory, with word and byte counts."""
+    shards = list(encoded_shards(documents, tokenizer, shard_chars=1 << 62))
+    if not shards:
+        return Split(np.array([tokenizer.eos_id], dtype=id_dtype(tokenizer.vocab_size)), 0, 0)
+    return shards[0]
+
+
+def batchify(ids: np.ndarray, batch_size: int, pad: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Cut a stream into `batch_size` contiguous rows of (input, target) pairs, batch-first.
 
         stream   e  a  b  c  e  d  f  g  h  e  i  j      (e = end of sequence)
@@ -252,28 +344,32 @@ def batchify(ids: np.ndarray, batch_size: int, pad: bool = False) -> tuple[torch
         padded (x with eos, y with IGNORE_INDEX), so summed NLL covers exactly the N targets.
 
     Row b continues row b's text from window to window, which is what lets the hidden state be
-    carried across windows. Returns x, y: (B, L) int64.
+    carried across windows. Returns x, y: (B, L) arrays; without padding, views of `ids`, so a
+    memory-mapped stream stays on disk and `windows` reads one window at a time.
     """
-    stream = torch.from_numpy(np.asarray(ids, dtype=np.int64))
-    x, y = stream[:-1], stream[1:]
-    n = len(x)
+    ids = np.asarray(ids)
+    n = len(ids) - 1
     if pad:
         length = -(-n // batch_size)
-        extra = length * batch_size - n
-        x = torch.cat([x, x.new_full((extra,), int(stream[0]))])
-        y = torch.cat([y, y.new_full((extra,), IGNORE_INDEX)])
+        x = np.full(length * batch_size, ids[0], dtype=np.int32)
+        y = np.full(length * batch_size, IGNORE_INDEX, dtype=np.int32)
+        x[:n], y[:n] = ids[:-1], ids[1:]
     else:
         length = n // batch_size
-        x, y = x[:length * batch_size], y[:length * batch_size]
-    return x.view(batch_size, length), y.view(batch_size, length)
+        x, y = ids[:length * batch_size], ids[1:length * batch_size + 1]
+    return x.reshape(batch_size, length), y.reshape(batch_size, length)
 
 
-def windows(x: torch.Tensor, y: torch.Tensor, bptt: int, start: int = 0):
-    """Yield (x, y) windows of `bptt` columns, (B, T) each, from window index `start`; y is x
-    shifted by one everywhere, across window boundaries too. The last window may be shorter."""
-    for offset in range(start * bptt, x.size(1), bptt):
-        yield x[:, offset:offset + bptt], y[:, offset:offset + bptt]
+def windows(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, bptt: int, start: int = 0):
+    """Yield (x, y) windows of `bptt` columns, (B, T) int64 tensors, from window index `start`;
+    y is x shifted by one everywhere, across window boundaries too. The last window may be shorter."""
+    for offset in range(start * bptt, x.shape[1], bptt):
+        yield as_long(x[:, offset:offset + bptt]), as_long(y[:, offset:offset + bptt])
 
 
-def num_windows(x: torch.Tensor, bptt: int) -> int:
-    return -(-x.size(1) // bptt)
+def as_long(ids: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return ids.long() if isinstance(ids, torch.Tensor) else torch.from_numpy(ids.astype(np.int64))
+
+
+def num_windows(x: np.ndarray | torch.Tensor, bptt: int) -> int:
+    return -(-x.shape[1] // bptt)

@@ -23,7 +23,7 @@ from lmrnn import checkpoint
 from lmrnn.data import IGNORE_INDEX, Corpus, Split, batchify, load_split, windows
 from lmrnn.errors import UserError
 from lmrnn.models import RNNLM, NgramLM
-from lmrnn.runtime import autocast, resolve_device
+from lmrnn.runtime import Ranks, autocast, resolve_device
 
 
 @dataclass
@@ -72,15 +72,19 @@ def evaluate_nll(model: RNNLM, x: torch.Tensor, y: torch.Tensor, bptt: int,
 
 
 def score_split(model: RNNLM, split: Split, batch_size: int, bptt: int,
-                amp_dtype: torch.dtype | None = None) -> tuple[float, int]:
+                amp_dtype: torch.dtype | None = None, ranks: Ranks = Ranks()) -> tuple[float, int]:
     """Exact NLL of a split: every token predicted once (the last row padded, not trimmed). An
-    n-gram model reads the split as one stream: its history never crosses an eos anyway."""
+    n-gram model reads the split as one stream: its history never crosses an eos anyway. In a
+    distributed run each rank scores its share of the rows and the sums are added up (exactly
+    the one-process total, not a mean of per-rank means)."""
     if isinstance(model, NgramLM):
         return float(-model.kn.score(split.ids).sum()), split.tokens
     x, y = batchify(split.ids, batch_size, pad=True)
-    nll, count = evaluate_nll(model, x, y, bptt, amp_dtype)
+    first, last = (batch_size * r // ranks.size for r in (ranks.rank, ranks.rank + 1))
+    nll, count = evaluate_nll(model, x[first:last], y[first:last], bptt, amp_dtype) if last > first else (0.0, 0)
+    nll, count = ranks.sum(torch.tensor([nll, count], dtype=torch.float64, device=next(model.parameters()).device)).tolist()
     assert count == split.tokens, (count, split.tokens)
-    return nll, count
+    return nll, int(count)
 
 
 def figures(nll: float, split: Split) -> dict[str, float]:

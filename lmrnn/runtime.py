@@ -1,12 +1,16 @@
-"""Where and how tensors run: device choice, seeding, mixed precision, RNG snapshots."""
+"""Where and how tensors run: device choice, seeding, mixed precision, RNG snapshots, and the
+ranks of a distributed (torchrun) run."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from lmrnn.errors import UserError
 
@@ -62,3 +66,95 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place among the training processes that torchrun started: rank `rank` of
+    `size`, `local_rank` on its machine. One process (no torchrun) is rank 0 of 1, and every
+    collective below is then a no-op."""
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one process that writes the run directory and prints."""
+        return self.rank == 0
+
+    def rows(self, batch_size: int) -> slice:
+        """This rank's equal share of the B training streams."""
+        if batch_size % self.size:
+            raise UserError(f"train.batch_size={batch_size} does not split evenly over {self.size} processes; "
+                            f"make it a multiple of {self.size}")
+        share = batch_size // self.size
+        return slice(self.rank * share, (self.rank + 1) * share)
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The elementwise sum of `tensor` over all ranks (in place)."""
+        if self.size > 1:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def gather_rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        """All ranks' equal shares of a state (L, B/size, ...) as the whole (L, B, ...), in rank order."""
+        if self.size == 1:
+            return tensor
+        parts = [torch.empty_like(tensor) for _ in range(self.size)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts, dim=1)
+
+    def gather_objects(self, value) -> list:
+        """Every rank's `value` (small, picklable), in rank order."""
+        if self.size == 1:
+            return [value]
+        values = [None] * self.size
+        dist.all_gather_object(values, value)
+        return values
+
+    def broadcast_objects(self, value):
+        """Rank 0's `value` on every rank (other ranks pass anything)."""
+        if self.size == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def broadcast_module(self, module: torch.nn.Module) -> None:
+        """Rank 0's parameters and buffers copied into every rank's `module`."""
+        if self.size > 1:
+            for tensor in module.state_dict().values():
+                dist.broadcast(tensor, src=0)
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            dist.barrier()
+
+
+def start_ranks(device_name: str) -> tuple[Ranks, torch.device]:
+    """Join the process group torchrun set up (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR in the
+    environment) on NCCL for CUDA, gloo for the CPU; each rank takes the GPU of its local rank.
+    Without torchrun: rank 0 of 1 and `resolve_device`'s choice."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(device_name)
+    if size == 1:
+        return Ranks(), device
+    ranks = Ranks(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        if ranks.local_rank >= torch.cuda.device_count():
+            raise UserError(f"local rank {ranks.local_rank} has no GPU: this machine has {torch.cuda.device_count()}; "
+                            f"start at most that many processes per machine (--nproc_per_node)")
+        device = torch.device("cuda", ranks.local_rank)
+        torch.cuda.set_device(device)
+    elif device.type != "cpu":
+        raise UserError(f"distributed training runs on CUDA (NCCL) or the CPU (gloo), not {device.type}")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=ranks.rank, world_size=size)
+    return ranks, device
+
+
+def stop_ranks(ranks: Ranks) -> None:
+    if ranks.size > 1 and dist.is_initialized():
+        dist.barrier()  # no rank leaves while another still talks to it
+        dist.destroy_process_group()
+

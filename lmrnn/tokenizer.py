@@ -7,12 +7,14 @@ byte_fallback, unseen characters become their UTF-8 byte pieces instead of <unk>
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import hashlib
 import io
 import logging
 import os
+import random
 import re
 from pathlib import Path
 from typing import Iterable
@@ -78,16 +80,21 @@ class Tokenizer:
 
 
 def train_tokenizer(documents: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:
-    """Train a SentencePiece model on `documents` (the train split).
+    """Train a SentencePiece model on `documents` (the train split; read in passes, so a list or
+    a split's Documents). Memory holds at most tokenizer.input_sentence_size sampled lines, or,
+    at word level, one count per distinct word.
 
     A vocabulary larger than the corpus can fill is capped to the largest size SentencePiece
     accepts, with a warning; one too small to hold every character is a UserError.
     """
-    lines = [doc for doc in documents if doc.strip()]
+    if cfg.vocab_size == 0:  # word level: every whitespace word of the text, exactly
+        counts = collections.Counter(word for doc in documents for word in doc.split())
+        if not counts:
+            raise UserError("the training text is empty: nothing to train a tokenizer on")
+        return Tokenizer(_train_words(counts))
+    lines = sample_lines(documents, cfg.input_sentence_size)
     if not lines:
         raise UserError("the training text is empty: nothing to train a tokenizer on")
-    if cfg.vocab_size == 0:  # word level: every whitespace word of the text, exactly
-        return Tokenizer(_train_words(lines))
     try:
         model = _train(lines, cfg, cfg.vocab_size)
     except RuntimeError as err:
@@ -99,6 +106,25 @@ def train_tokenizer(documents: Iterable[str], cfg: TokenizerConfig) -> Tokenizer
     tokenizer = Tokenizer(model)
     warn_if_capped(tokenizer, cfg)  # the char trainer shrinks to the characters it saw, silently
     return tokenizer
+
+
+def sample_lines(documents: Iterable[str], size: int, seed: int = 0) -> list[str]:
+    """The non-blank lines in order when there are at most `size` (0 = no limit); otherwise a
+    uniform sample of `size` of them, drawn in one pass (reservoir sampling, Vitter's algorithm R)."""
+    sample: list[str] = []
+    rng = random.Random(seed)
+    seen = 0
+    for doc in documents:
+        if not doc.strip():
+            continue
+        seen += 1
+        if not size or len(sample) < size:
+            sample.append(doc)
+        else:
+            slot = rng.randrange(seen)
+            if slot < size:
+                sample[slot] = doc
+    return sample
 
 
 def warn_if_capped(tokenizer: Tokenizer, cfg: TokenizerConfig) -> None:
@@ -139,20 +165,21 @@ def _train(lines: list[str], cfg: TokenizerConfig, vocab_size: int) -> bytes:
     return buffer.getvalue()
 
 
-def _train_words(lines: list[str]) -> bytes:
+def _train_words(counts: collections.Counter) -> bytes:
     """A SentencePiece word model whose pieces are exactly the text's whitespace words: no
     normalisation, no byte fallback, no splitting of numbers or scripts, and the unknown piece
     renamed so that a literal "<unk>" in the data (PTB has 45k) is an ordinary word. Otherwise
     SentencePiece would merge runs of unknown words into one id and the token count would no
-    longer be the word count that published perplexities divide by."""
-    words = {word for line in lines for word in line.split()}
+    longer be the word count that published perplexities divide by. The trainer reads the word
+    counts as TSV ("word<TAB>count"), so ids follow frequency and memory follows the vocabulary."""
     buffer = io.BytesIO()
     with _native_stderr_silenced():
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(lines), model_writer=buffer, model_type="word", vocab_size=len(words) + 2,
+            sentence_iterator=(f"{word}\t{count}" for word, count in counts.most_common()), input_format="tsv",
+            model_writer=buffer, model_type="word", vocab_size=len(counts) + 2,
             use_all_vocab=True, byte_fallback=False, normalization_rule_name="identity", character_coverage=1.0,
             split_by_number=False, split_by_unicode_script=False, split_digits=False, input_sentence_size=0,
-            max_sentencepiece_length=max(map(len, words)) + 1, max_sentence_length=MAX_LINE_BYTES,
+            max_sentencepiece_length=max(map(len, counts)) + 1, max_sentence_length=MAX_LINE_BYTES,
             num_threads=os.cpu_count() or 1, unk_id=UNK_ID, eos_id=EOS_ID, bos_id=-1, pad_id=-1,
             unk_piece="<unknown word>", unk_surface=" \u2047 ")
     return buffer.getvalue()

@@ -4,6 +4,11 @@
     each step: logits, h = model(x_k, h)      h carried from window k-1, detached
                loss = CE(logits, y_k)         y_k = x_k shifted by one token
                backward -> clip global grad norm -> optimizer step
+
+Under torchrun, rank r of R trains rows [r B/R, (r+1) B/R) with its own carried hidden state,
+DistributedDataParallel averages the gradients (each rank's loss is a mean over the same number
+of tokens, so the average is the gradient of the mean over all B rows), and every rank then
+clips the same global norm. Rank 0 alone writes the run directory and prints.
 """
 
 from __future__ import annotations
@@ -19,16 +24,18 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from lmrnn import __version__, checkpoint
 from lmrnn.config import RunConfig, TrainConfig
-from lmrnn.console import TrainingProgress
+from lmrnn.console import SilentProgress, TrainingProgress
 from lmrnn.data import SPLITS, Corpus, batchify, load_or_train_tokenizer, load_split, num_windows, windows
 from lmrnn.errors import UserError
 from lmrnn.evaluate import figures, score_split
 from lmrnn.models import RNNLM, NgramLM, build_model, detach_hidden
 from lmrnn.ngram import KneserNey
-from lmrnn.runtime import autocast, autocast_dtype, resolve_device, rng_state, seed_everything, set_rng_state
+from lmrnn.runtime import (Ranks, autocast, autocast_dtype, rng_state, seed_everything, set_rng_state, start_ranks,
+                           stop_ranks)
 from lmrnn.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -98,26 +105,41 @@ def build_optimizer(model: RNNLM, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 def train(cfg: RunConfig, run_dir: Path, resume: bool = False, overwrite: bool = False,
           progress: TrainingProgress | None = None) -> dict:
-    """Train a run into `run_dir` (or continue it with `resume`) and return its summary."""
-    with contextlib.ExitStack() as held:  # the run's lock, taken once the slow set-up is done
-        return _train(cfg, run_dir, resume, overwrite, progress, held)
+    """Train a run into `run_dir` (or continue it with `resume`) and return its summary. Started
+    by torchrun, this process trains its rank's share of a distributed run."""
+    ranks, device = start_ranks(cfg.device)
+    try:
+        with contextlib.ExitStack() as held:  # the run's lock, taken once the slow set-up is done
+            return _train(cfg, run_dir, resume, overwrite, progress, held, ranks, device)
+    finally:
+        stop_ranks(ranks)
 
 
 def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progress: TrainingProgress | None,
-           held: contextlib.ExitStack) -> dict:
+           held: contextlib.ExitStack, ranks: Ranks, device: torch.device) -> dict:
     wall_start = time.perf_counter()
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
     amp_dtype = autocast_dtype(device, cfg.train.precision)
+    main = ranks.main  # rank 0: the only writer of the run directory
     if not resume:
         checkpoint.refuse_existing_run(run_dir, overwrite)  # before any slow work
+    if cfg.model.cell == "ngram" and ranks.size > 1:
+        raise UserError("cell ngram is counted by one process; run it without torchrun")
 
     # ---- data and tokenizer: cached token ids skip all text processing on a second run
     corpus = Corpus(cfg.data)
-    tokenizer = (Tokenizer.load(run_dir / checkpoint.TOKENIZER) if resume
-                 else load_or_train_tokenizer(corpus, cfg.tokenizer))
+    if resume:
+        tokenizer = Tokenizer.load(run_dir / checkpoint.TOKENIZER)
+    else:  # trained (or found in the cache) by rank 0, sent to the others
+        tokenizer = load_or_train_tokenizer(corpus, cfg.tokenizer) if main else None
+        model_bytes = ranks.broadcast_objects(tokenizer.model_bytes if main else None)
+        tokenizer = tokenizer or Tokenizer(model_bytes)
     tokenize_start = time.perf_counter()
+    if ranks.local_rank:
+        ranks.barrier()  # the first rank on each machine fills its id cache; the others then read it
     splits = {name: load_split(corpus, name, tokenizer) for name in SPLITS}
+    if not ranks.local_rank:
+        ranks.barrier()
     log.info("data: %s | tokens train %s, validation %s, test %s | vocab %d (%.1fs)", corpus.name,
              *(f"{splits[n].tokens:,}" for n in SPLITS), tokenizer.vocab_size, time.perf_counter() - tokenize_start)
     for name in ("validation", "test"):
@@ -126,11 +148,13 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
     if cfg.model.cell == "ngram":
         return _count_ngram(cfg, run_dir, tokenizer, splits, held, wall_start)
     tc = cfg.train
-    x_train, y_train = batchify(splits["train"].ids, tc.batch_size)  # (B, L) each
-    if x_train.size(1) < tc.bptt:
+    x_train, y_train = batchify(splits["train"].ids, tc.batch_size)  # (B, L) each, views of the id file
+    if x_train.shape[1] < tc.bptt:
         raise UserError(f"the train split has {splits['train'].tokens:,} tokens: too few for "
                         f"train.batch_size={tc.batch_size} rows of train.bptt={tc.bptt}; lower one of them")
     windows_per_epoch = num_windows(x_train, tc.bptt)
+    rows = ranks.rows(tc.batch_size)
+    x_train, y_train = x_train[rows], y_train[rows]  # this rank's streams: (B / ranks, L)
 
     # ---- model and optimizer
     if resume and tokenizer.vocab_size != cfg.model.vocab_size:
@@ -141,18 +165,24 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
     if isinstance(model, RNNLM):
         model.rnn.flatten_parameters()  # cuDNN wants one contiguous weight buffer after the move
     optimizer = build_optimizer(model, tc)
+    if ranks.rank:
+        torch.manual_seed(cfg.seed + ranks.rank)  # same initial weights, but dropout masks of its own
     # interval = the log interval's running sums (loss, grad norm, good steps), kept so that a resumed
     # run logs the same figures; recent = the last logged losses, for the exploding-loss warning
     state = {"step": 0, "epoch": 0, "window": 0, "tokens": 0, "train_seconds": 0.0, "elapsed_seconds": 0.0,
              "best_val_loss": math.inf, "plateau_scale": 1.0, "hidden": [], "bad_steps": 0,
              "interval": [0.0, 0.0, 0], "recent": [], "saved_at": 0.0}
-    held.enter_context(checkpoint.run_lock(run_dir))  # from here on, this process owns the folder
-    if resume:
+    if main:
+        held.enter_context(checkpoint.run_lock(run_dir))  # from here on, this process owns the folder
+    if resume:  # every rank reads the state (a run on several machines needs --out on shared storage)
         saved = checkpoint.load_train_state(run_dir)
         try:
             model.load_state_dict(saved.pop("model"))
             optimizer.load_state_dict(saved.pop("optimizer"))
-            set_rng_state(saved.pop("rng"))
+            rngs = saved.pop("rng_ranks", None)
+            set_rng_state(saved.pop("rng") if not rngs or len(rngs) != ranks.size else rngs[ranks.rank])
+            if ranks.rank and (not rngs or len(rngs) != ranks.size):  # resumed on another number of ranks
+                torch.manual_seed(cfg.seed + ranks.rank + saved["step"])
         except (RuntimeError, ValueError, KeyError, TypeError) as err:
             raise UserError(f"{run_dir / checkpoint.TRAIN_STATE} does not match config.yaml "
                             f"({str(err).strip().splitlines()[0][:160]})") from None
@@ -161,19 +191,28 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
                            state["elapsed_seconds"]) >= 1.0:  # refused before anything is written
             raise UserError("this run already reached its stop limit; raise train.epochs, train.max_steps "
                             "or train.max_minutes to train further")
-        checkpoint.truncate_metrics(run_dir, state["step"])
+        if main:
+            checkpoint.truncate_metrics(run_dir, state["step"])
         log.info("resuming %s at step %d (epoch %d, window %d)", run_dir, state["step"], state["epoch"], state["window"])
-    else:
+    elif main:
         checkpoint.clear_run(run_dir)  # only now that data, tokenizer and model are all sound
         checkpoint.save_tokenizer(run_dir, tokenizer)
-    checkpoint.save_config(run_dir, cfg)
-    log.info("model: %s %d x %d, %s parameters | device %s%s | run %s", cfg.model.cell, cfg.model.num_layers,
+    if main:
+        checkpoint.save_config(run_dir, cfg)
+    # gradients averaged over the ranks in backward; rank 0's weights copied to the others here
+    trained = model if ranks.size == 1 else DistributedDataParallel(
+        model, device_ids=[device] if device.type == "cuda" else None)
+    log.info("model: %s %d x %d, %s parameters | device %s%s%s | run %s", cfg.model.cell, cfg.model.num_layers,
              cfg.model.hidden_size, f"{model.num_parameters():,}", device.type,
-             " (bf16 autocast)" if amp_dtype else "", run_dir)
+             " (bf16 autocast)" if amp_dtype else "", f" | {ranks.size} processes" if ranks.size > 1 else "", run_dir)
 
     def hidden_state():
-        h = [t.to(device) for t in state["hidden"]]
+        h = [t[:, rows].to(device) for t in state["hidden"]]  # saved whole (L, B, H): this rank's rows
         return None if not h else (tuple(h) if len(h) == 2 else h[0])
+
+    def record(entry: dict) -> None:
+        if main:
+            checkpoint.append_metrics(run_dir, entry)
 
     def clock() -> dict:
         """Budget seconds (all of them) and training seconds (less validation and saving), this
@@ -182,25 +221,30 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
         return {"elapsed_seconds": state["elapsed_seconds"] + now, "train_seconds": state["train_seconds"] + now - paused}
 
     def save_state(hidden, totals: dict) -> None:
-        h = [] if hidden is None else [t.detach().cpu() for t in (hidden if isinstance(hidden, tuple) else (hidden,))]
+        """Every rank takes part (the hidden rows and RNG states are gathered); rank 0 writes."""
+        h = [] if hidden is None else [ranks.gather_rows(t.detach()).cpu()
+                                       for t in (hidden if isinstance(hidden, tuple) else (hidden,))]
+        rngs = ranks.gather_objects(rng_state())
         state["interval"] = [loss_sum.item(), norm_sum.item(), interval_steps]
         state["saved_at"] = totals.get("elapsed_seconds", state["elapsed_seconds"])
-        checkpoint.save_train_state(run_dir, {**state, **totals, "hidden": h, "model": model.state_dict(),
-                                              "optimizer": optimizer.state_dict(), "rng": rng_state()})
+        if main:
+            checkpoint.save_train_state(run_dir, {**state, **totals, "hidden": h, "model": model.state_dict(),
+                                                  "optimizer": optimizer.state_dict(), "rng": rngs[0],
+                                                  **({"rng_ranks": rngs} if ranks.size > 1 else {})})
 
     def validate(hidden, totals: dict) -> None:
         """Exact validation NLL; keep the best weights; plateau schedule; save resumable state."""
-        nll, count = score_split(model, splits["validation"], tc.eval_batch_size, tc.bptt, amp_dtype)
+        nll, count = score_split(model, splits["validation"], tc.eval_batch_size, tc.bptt, amp_dtype, ranks)
         loss = nll / count
         improved = loss < state["best_val_loss"]
         if improved:
             state["best_val_loss"] = loss
-            checkpoint.save_weights(run_dir, model, state["step"])
+            if main:
+                checkpoint.save_weights(run_dir, model, state["step"])
         elif tc.lr_schedule == "plateau":
             state["plateau_scale"] /= tc.plateau_factor  # wlm's anneal: lr / 4 when val stalls
-        record = {"event": "eval", "split": "validation", "step": state["step"], "loss": loss,
-                  "ppl": math.exp(loss), "best": improved, "seconds": round(totals["train_seconds"], 3)}
-        checkpoint.append_metrics(run_dir, record)
+        record({"event": "eval", "split": "validation", "step": state["step"], "loss": loss,
+                "ppl": math.exp(loss), "best": improved, "seconds": round(totals["train_seconds"], 3)})
         report.line(f"step {state['step']:>7} | epoch {epochs_done():5.2f} | val loss {loss:.3f} | "
                     f"val ppl {math.exp(loss):8.2f}{' *' if improved else ''}")
         save_state(hidden, totals)
@@ -209,43 +253,57 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
         return state["epoch"] + state["window"] / windows_per_epoch
 
     # ---- the loop
-    report = progress or TrainingProgress()
+    report = (progress or TrainingProgress()) if main else SilentProgress()
     loop_start = time.perf_counter()
     paused = 0.0  # seconds spent validating and saving: not training time
+    totals = {"elapsed_seconds": state["elapsed_seconds"]}  # the clock as of the last step (rank 0's)
 
-    def used() -> float:
-        return budget_progress(tc, state["step"], epochs_done(), clock()["elapsed_seconds"])
+    def used(elapsed: float) -> float:
+        return budget_progress(tc, state["step"], epochs_done(), elapsed)
 
-    model.train()
+    def synced(loss: torch.Tensor) -> tuple[torch.Tensor, dict, bool]:
+        """The step's mean loss over all rows, the clock, and whether a stop was asked for: on
+        several ranks, one all-reduce carries the loss, rank 0's clock and every rank's stop
+        request, so that all ranks take the same decisions (lr, skip, save, stop) at the same step."""
+        now = clock()
+        if ranks.size == 1:
+            return loss.detach(), now, stop.asked is not None
+        local = torch.tensor([now["elapsed_seconds"] if main else 0.0, float(stop.asked is not None)], device=device)
+        shared = ranks.sum(torch.cat([loss.detach().float().view(1), local]))
+        elapsed, stops = shared[1:].tolist()
+        return shared[0] / ranks.size, {**now, "elapsed_seconds": elapsed}, stops > 0
+
+    trained.train()
     hidden = hidden_state()
     # summed on the device between log lines (the finite check below is the step's one host sync)
     loss_sum = torch.tensor(state["interval"][0], device=device)
     norm_sum = torch.tensor(state["interval"][1], device=device)
     interval_steps, interval_tokens, interval_start = state["interval"][2], 0, time.perf_counter()
     bad_in_a_row = 0
-    done = False
+    done = stop_asked = False
     with report, _DeferredStop(report) as stop:
         while not done:
             for x, y in windows(x_train, y_train, tc.bptt, start=state["window"]):
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                lr = learning_rate(tc, state["step"], used(), state["plateau_scale"])
+                lr = learning_rate(tc, state["step"], used(totals["elapsed_seconds"]), state["plateau_scale"])
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 hidden = detach_hidden(hidden)
                 with autocast(device, amp_dtype):
-                    logits, hidden = model(x, hidden)  # (B, T, V)
+                    logits, hidden = trained(x, hidden)  # (B, T, V)
                 loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 # global L2 norm over all parameters, before clipping; inf = measure only
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad_norm or math.inf)
+                loss, totals, stop_asked = synced(loss)
                 state["step"] += 1
                 state["window"] += 1
-                state["tokens"] += y.numel()
-                interval_tokens += y.numel()
-                if torch.isfinite(loss.detach() + grad_norm):
+                state["tokens"] += y.numel() * ranks.size
+                interval_tokens += y.numel() * ranks.size
+                if torch.isfinite(loss + grad_norm):
                     optimizer.step()
-                    loss_sum += loss.detach()
+                    loss_sum += loss
                     norm_sum += grad_norm.detach()
                     interval_steps += 1
                     bad_in_a_row = 0
@@ -253,8 +311,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
                     state["bad_steps"] += 1
                     bad_in_a_row += 1
                     hidden = None  # a non-finite state would poison every later window
-                    checkpoint.append_metrics(run_dir, {"event": "skipped", "step": state["step"],
-                                                        "loss": float(loss.detach()), "grad_norm": float(grad_norm)})
+                    record({"event": "skipped", "step": state["step"], "loss": float(loss), "grad_norm": float(grad_norm)})
                     report.line(f"step {state['step']:>7} | non-finite loss or gradient: update skipped "
                                 f"({bad_in_a_row} in a row, {state['bad_steps']} in all)")
                     if bad_in_a_row >= tc.max_bad_steps:
@@ -267,18 +324,16 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
                 if state["step"] % tc.log_every == 0 and interval_steps:
                     mean_loss, mean_norm = loss_sum.item() / interval_steps, norm_sum.item() / interval_steps
                     speed = interval_tokens / (time.perf_counter() - interval_start)
-                    record = {"event": "train", "step": state["step"], "epoch": round(epochs_done(), 4), "lr": lr,
-                              "loss": mean_loss, "ppl": math.exp(min(mean_loss, 700)), "grad_norm": mean_norm,
-                              "tokens_per_second": speed, "tokens": state["tokens"],
-                              "seconds": round(clock()["train_seconds"], 3)}
-                    checkpoint.append_metrics(run_dir, record)
+                    ppl = math.exp(min(mean_loss, 700))
+                    record({"event": "train", "step": state["step"], "epoch": round(epochs_done(), 4), "lr": lr,
+                            "loss": mean_loss, "ppl": ppl, "grad_norm": mean_norm, "tokens_per_second": speed,
+                            "tokens": state["tokens"], "seconds": round(totals["train_seconds"], 3)})
                     text = (f"step {state['step']:>7} | epoch {epochs_done():5.2f} | lr {lr:.1e} | loss {mean_loss:.3f}"
-                            f" | ppl {record['ppl']:8.2f} | |g| {mean_norm:.2f} | {speed / 1000:.1f}k tok/s")
+                            f" | ppl {ppl:8.2f} | |g| {mean_norm:.2f} | {speed / 1000:.1f}k tok/s")
                     if not report.live:
                         report.line(text)
                     if loss_jumped(state["recent"], mean_loss):
-                        checkpoint.append_metrics(run_dir, {"event": "warning", "step": state["step"], "loss": mean_loss,
-                                                            "message": "exploding loss"})
+                        record({"event": "warning", "step": state["step"], "loss": mean_loss, "message": "exploding loss"})
                         report.line(f"warning: the loss jumped to {mean_loss:.2f} (perplexity over 10x its recent "
                                     f"median); if it keeps rising, stop and resume with a lower train.lr or "
                                     f"train.clip_grad_norm (-s train.lr=...)")
@@ -292,10 +347,12 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
                     state["epoch"] += 1
                     state["window"] = 0
                     hidden = None  # each epoch starts from the zero state (wlm)
-                progress = used()
+                progress = used(totals["elapsed_seconds"])
                 report.update(progress, text)
-                done = progress >= 1.0 or stop.asked is not None
-                pause_start, totals = time.perf_counter(), clock()
+                # one process stops at once; ranks stop together, at the all-reduce after the request
+                stop_asked = stop_asked or (ranks.size == 1 and stop.asked is not None)
+                done = progress >= 1.0 or stop_asked
+                pause_start = time.perf_counter()
                 save_due = ((tc.save_every and state["step"] % tc.save_every == 0) or
                             (tc.save_minutes and totals["elapsed_seconds"] - state["saved_at"] >= 60 * tc.save_minutes))
                 if (tc.eval_every and state["step"] % tc.eval_every == 0) or at_epoch_end or done:
@@ -311,21 +368,24 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
     state.update(clock())  # final totals, taken before the (slow) last save
     save_state(hidden, {})  # with the carried state, for a later extension
 
-    # ---- final figures with the best weights
-    checkpoint.load_weights(run_dir, model, device)
-    nll, _ = score_split(model, splits["test"], tc.eval_batch_size, tc.bptt, amp_dtype)
+    # ---- final figures with the best weights (read by rank 0, sent to the others)
+    if main:
+        checkpoint.load_weights(run_dir, model, device)
+    ranks.broadcast_module(model)
+    nll, _ = score_split(model, splits["test"], tc.eval_batch_size, tc.bptt, amp_dtype, ranks)
     test = figures(nll, splits["test"])
-    checkpoint.append_metrics(run_dir, {"event": "eval", "split": "test", "step": state["step"],
-                                        "loss": nll / splits["test"].tokens, **test})
+    record({"event": "eval", "split": "test", "step": state["step"], "loss": nll / splits["test"].tokens, **test})
     summary = {
         "run": str(run_dir), "cell": cfg.model.cell, "params": model.num_parameters(), "steps": state["step"],
         "epochs": round(epochs_done(), 4), "train_tokens": state["tokens"], "train_seconds": round(state["train_seconds"], 2),
         "train_tokens_per_second": round(state["tokens"] / max(state["train_seconds"], 1e-9), 1),
         "wall_seconds": round(time.perf_counter() - wall_start, 2), "best_val_ppl": math.exp(state["best_val_loss"]),
         "test_ppl": test["ppl"], "test_word_ppl": test["word_ppl"], "test_bits_per_byte": test["bits_per_byte"],
-        "skipped_steps": state["bad_steps"], "stopped_by": stop.asked or "budget", "device": device.type, "lmrnn_version": __version__, "torch_version": torch.__version__,
+        "skipped_steps": state["bad_steps"], "stopped_by": stop.asked or ("terminate" if stop_asked else "budget"),
+        "device": device.type, "processes": ranks.size, "lmrnn_version": __version__, "torch_version": torch.__version__,
     }
-    checkpoint.write_summary(run_dir, summary)
+    if main:
+        checkpoint.write_summary(run_dir, summary)
     return summary
 
 

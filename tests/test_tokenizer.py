@@ -1,10 +1,11 @@
+import collections
 import logging
 
 import pytest
 
 from lmrnn.config import TokenizerConfig
 from lmrnn.errors import UserError
-from lmrnn.tokenizer import EOS_ID, UNK_ID, Tokenizer, train_tokenizer
+from lmrnn.tokenizer import EOS_ID, UNK_ID, Tokenizer, sample_lines, train_tokenizer
 
 DOCS = ["the king had a sword .", "the queen had a lamp .", "a fox ran into the woods ."] * 40
 
@@ -76,5 +77,21 @@ def test_word_level_mode_keeps_every_word_as_one_id():
         assert len(ids) == len(line.split()) and 0 not in ids and tokenizer.decode(ids) == line
     assert tokenizer.encode("<unk> <unk>")[0] == tokenizer.encode("<unk> <unk>")[1] != 0
     assert tokenizer.encode("dog") == [0]  # a word never seen
+    # ids follow frequency: <unk> (3 times), then N, cat, sat (twice each), then the rest
+    assert tokenizer.encode("<unk>") == [2] and sorted(tokenizer.encode("N cat sat")) == [3, 4, 5]
     with pytest.raises(UserError, match="0 with model_type word"):
         TokenizerConfig(model_type="bpe", vocab_size=0)
+
+
+def test_tokenizer_training_samples_lines_in_one_pass():
+    """At most input_sentence_size lines are held: all of them in order when they fit, otherwise
+    a uniform sample (reservoir sampling), the same one on every run."""
+    lines = [f"line {i}" for i in range(1000)]
+    assert sample_lines(lines + ["", "  "], 1000) == lines == sample_lines(lines, 0)  # blank lines skipped
+    sample = sample_lines(iter(lines), 100)
+    assert len(sample) == 100 == len(set(sample)) and set(sample) <= set(lines)
+    assert sample == sample_lines(lines, 100)
+    # uniform: over 200 draws, each tenth of the lines holds a tenth of the sample (2000 +- 4 sd)
+    tenths = collections.Counter(int(line.split()[1]) // 100 for seed in range(200)
+                                 for line in sample_lines(lines, 100, seed=seed))
+    assert all(abs(count - 2000) < 180 for count in tenths.values()) and len(tenths) == 10
