@@ -1,11 +1,13 @@
 """Text corpora -> documents -> cached token ids -> BPTT windows.
 
-A document is one row of the dataset: one line of a text file. Text files are read line by line
-from disk; json/csv/parquet folders and hub datasets through Hugging Face `datasets` (streamed
-with data.streaming). Nothing here holds a whole corpus in memory: documents are read in
-passes, encoded shard by shard into an id file, and the id file is memory-mapped. A split's token stream starts
+A document is one row of the dataset: one line of a text file. A split's token stream starts
 with an end-of-sequence id and has one after every document, so every token of the split,
 including each document's end, is predicted exactly once, from the start-of-text context first.
+
+Text files are read line by line from disk; json/csv/parquet folders and hub datasets through
+Hugging Face `datasets` (streamed with data.streaming). Nothing here holds a whole corpus in
+memory: documents are read in passes, encoded shard by shard into an id file, and the id file
+is memory-mapped.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import logging
 import os
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -38,7 +41,7 @@ DEFAULT_CORPUS = Path(__file__).resolve().parent.parent / "corpora" / "stories"
 _SPLIT_FILES = {"train": ("train.txt",), "validation": ("valid.txt", "validation.txt"), "test": ("test.txt",)}
 _DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".arrow")
 # documents encoded at once (SentencePiece's threads share them) and written to the cache
-SHARD_CHARS = 1 << 23
+SHARD_CHARS = 1 << 20
 _HUB_NAME = re.compile(r"[\w.-]+(/[\w.-]+)?(:[\w.-]+)?")  # name, owner/name, with :config
 
 
@@ -159,8 +162,8 @@ class Corpus:
             raise UserError(f"could not load dataset '{source}' with datasets: {first}") from None
         splits = {_split_name(split): dataset for split, dataset in loaded.items()}
         sources = {split: functools.partial(self._texts, dataset, split) for split, dataset in splits.items()}
-        return {split: rows for split, rows in sources.items() if next(rows(), None) is not None}, \
-            functools.partial(_count_rows, splits, source)
+        nonempty = {split: rows for split, rows in sources.items() if next(rows(), None) is not None}
+        return nonempty, functools.partial(_count_rows, splits, source)
 
     def _texts(self, dataset, split: str) -> Iterator[str]:
         column = self.cfg.text_column
@@ -258,7 +261,7 @@ def load_or_train_tokenizer(corpus: Corpus, cfg: TokenizerConfig) -> Tokenizer:
     except UserError:  # not cached yet, or a damaged entry: train
         tokenizer = train_tokenizer(corpus.documents("train"), cfg)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp = _temporary(path)
         tmp.write_bytes(tokenizer.model_bytes)
         os.replace(tmp, path)
     return tokenizer
@@ -273,7 +276,7 @@ def load_split(corpus: Corpus, split: str, tokenizer: Tokenizer, shard_chars: in
     if cached is not None:
         return cached
     ids_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = ids_path.with_suffix(f".tmp{os.getpid()}")
+    tmp = _temporary(ids_path)
     with open(tmp, "wb") as out:
         meta = {"tokens": 0, "words": 0, "bytes": 0, "dtype": id_dtype(tokenizer.vocab_size).name}
         np.array([tokenizer.eos_id], dtype=meta["dtype"]).tofile(out)
@@ -283,10 +286,16 @@ def load_split(corpus: Corpus, split: str, tokenizer: Tokenizer, shard_chars: in
             meta["words"] += shard.words
             meta["bytes"] += shard.bytes
     os.replace(tmp, ids_path)
-    tmp_meta = meta_path.with_suffix(f".tmp{os.getpid()}")
+    tmp_meta = _temporary(meta_path)
     tmp_meta.write_text(json.dumps(meta))
     os.replace(tmp_meta, meta_path)  # last: a cache entry without its meta is rebuilt
     return _read_cache(meta_path, ids_path)
+
+
+def _temporary(path: Path) -> Path:
+    """A name to write `path` under before renaming it into place: the first rank of each machine
+    of a distributed run fills the cache, which may be on storage the machines share."""
+    return path.with_name(f"{path.name}.tmp{os.getpid()}-{socket.gethostname()}")
 
 
 def _read_cache(meta_path: Path, ids_path: Path) -> Split | None:

@@ -51,16 +51,19 @@ def token_nll(model: RNNLM, x: torch.Tensor, y: torch.Tensor, bptt: int,
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    hidden, losses = None, []
+    # filled in place: a small tensor kept per window would sit between the large freed ones
+    # and fragment the CPU heap (glibc), which grew by ~20 MB per window before
+    losses = torch.empty(x.shape, dtype=torch.float32)  # (B, L)
+    hidden = None
     with torch.inference_mode():
-        for xw, yw in windows(x, y, bptt):
+        for offset, (xw, yw) in zip(range(0, x.shape[1], bptt), windows(x, y, bptt)):
             xw, yw = xw.to(device, non_blocking=True), yw.to(device, non_blocking=True)
             with autocast(device, amp_dtype):
                 logits, hidden = model(xw, hidden)  # (B, T, V)
-            losses.append(F.cross_entropy(logits.float().transpose(1, 2), yw, ignore_index=IGNORE_INDEX,
-                                          reduction="none"))  # (B, T)
+            losses[:, offset:offset + xw.size(1)] = F.cross_entropy(
+                logits.float().transpose(1, 2), yw, ignore_index=IGNORE_INDEX, reduction="none")  # (B, T)
     model.train(was_training)
-    return torch.cat(losses, dim=1).cpu()
+    return losses
 
 
 def evaluate_nll(model: RNNLM, x: torch.Tensor, y: torch.Tensor, bptt: int,

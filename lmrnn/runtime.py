@@ -71,11 +71,12 @@ def set_rng_state(state: dict) -> None:
 @dataclass(frozen=True)
 class Ranks:
     """This process's place among the training processes that torchrun started: rank `rank` of
-    `size`, `local_rank` on its machine. One process (no torchrun) is rank 0 of 1, and every
-    collective below is then a no-op."""
+    `size`, `local_rank` on its machine, in a process group (`joined`; torchrun with one process
+    joins a group of one). Without torchrun: rank 0 of 1, and every collective is a no-op."""
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    joined: bool = False
 
     @property
     def main(self) -> bool:
@@ -92,13 +93,13 @@ class Ranks:
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """The elementwise sum of `tensor` over all ranks (in place)."""
-        if self.size > 1:
+        if self.joined:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
     def gather_rows(self, tensor: torch.Tensor) -> torch.Tensor:
         """All ranks' equal shares of a state (L, B/size, ...) as the whole (L, B, ...), in rank order."""
-        if self.size == 1:
+        if not self.joined:
             return tensor
         parts = [torch.empty_like(tensor) for _ in range(self.size)]
         dist.all_gather(parts, tensor.contiguous())
@@ -106,7 +107,7 @@ class Ranks:
 
     def gather_objects(self, value) -> list:
         """Every rank's `value` (small, picklable), in rank order."""
-        if self.size == 1:
+        if not self.joined:
             return [value]
         values = [None] * self.size
         dist.all_gather_object(values, value)
@@ -114,7 +115,7 @@ class Ranks:
 
     def broadcast_objects(self, value):
         """Rank 0's `value` on every rank (other ranks pass anything)."""
-        if self.size == 1:
+        if not self.joined:
             return value
         box = [value]
         dist.broadcast_object_list(box, src=0)
@@ -122,24 +123,23 @@ class Ranks:
 
     def broadcast_module(self, module: torch.nn.Module) -> None:
         """Rank 0's parameters and buffers copied into every rank's `module`."""
-        if self.size > 1:
+        if self.joined:
             for tensor in module.state_dict().values():
                 dist.broadcast(tensor, src=0)
 
     def barrier(self) -> None:
-        if self.size > 1:
+        if self.joined:
             dist.barrier()
 
 
 def start_ranks(device_name: str) -> tuple[Ranks, torch.device]:
-    """Join the process group torchrun set up (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR in the
+    """Join the process group torchrun set up (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR in the
     environment) on NCCL for CUDA, gloo for the CPU; each rank takes the GPU of its local rank.
     Without torchrun: rank 0 of 1 and `resolve_device`'s choice."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
     device = resolve_device(device_name)
-    if size == 1:
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return Ranks(), device
-    ranks = Ranks(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
+    ranks = Ranks(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")), True)
     if device.type == "cuda":
         if ranks.local_rank >= torch.cuda.device_count():
             raise UserError(f"local rank {ranks.local_rank} has no GPU: this machine has {torch.cuda.device_count()}; "
@@ -149,12 +149,11 @@ def start_ranks(device_name: str) -> tuple[Ranks, torch.device]:
     elif device.type != "cpu":
         raise UserError(f"distributed training runs on CUDA (NCCL) or the CPU (gloo), not {device.type}")
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=ranks.rank, world_size=size)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=ranks.rank, world_size=ranks.size)
     return ranks, device
 
 
 def stop_ranks(ranks: Ranks) -> None:
-    if ranks.size > 1 and dist.is_initialized():
+    if ranks.joined and dist.is_initialized():
         dist.barrier()  # no rank leaves while another still talks to it
         dist.destroy_process_group()
-

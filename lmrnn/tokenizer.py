@@ -80,9 +80,8 @@ class Tokenizer:
 
 
 def train_tokenizer(documents: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:
-    """Train a SentencePiece model on `documents` (the train split; read in passes, so a list or
-    a split's Documents). Memory holds at most tokenizer.input_sentence_size sampled lines, or,
-    at word level, one count per distinct word.
+    """Train a SentencePiece model on `documents` (the train split, read once). Memory holds at
+    most tokenizer.input_sentence_size sampled lines or, at word level, one count per distinct word.
 
     A vocabulary larger than the corpus can fill is capped to the largest size SentencePiece
     accepts, with a warning; one too small to hold every character is a UserError.

@@ -123,7 +123,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
     main = ranks.main  # rank 0: the only writer of the run directory
     if not resume:
         checkpoint.refuse_existing_run(run_dir, overwrite)  # before any slow work
-    if cfg.model.cell == "ngram" and ranks.size > 1:
+    if cfg.model.cell == "ngram" and ranks.joined:
         raise UserError("cell ngram is counted by one process; run it without torchrun")
 
     # ---- data and tokenizer: cached token ids skip all text processing on a second run
@@ -200,11 +200,11 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
     if main:
         checkpoint.save_config(run_dir, cfg)
     # gradients averaged over the ranks in backward; rank 0's weights copied to the others here
-    trained = model if ranks.size == 1 else DistributedDataParallel(
+    trained = model if not ranks.joined else DistributedDataParallel(
         model, device_ids=[device] if device.type == "cuda" else None)
     log.info("model: %s %d x %d, %s parameters | device %s%s%s | run %s", cfg.model.cell, cfg.model.num_layers,
              cfg.model.hidden_size, f"{model.num_parameters():,}", device.type,
-             " (bf16 autocast)" if amp_dtype else "", f" | {ranks.size} processes" if ranks.size > 1 else "", run_dir)
+             " (bf16 autocast)" if amp_dtype else "", f" | {ranks.size} processes" if ranks.joined else "", run_dir)
 
     def hidden_state():
         h = [t[:, rows].to(device) for t in state["hidden"]]  # saved whole (L, B, H): this rank's rows
@@ -230,7 +230,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
         if main:
             checkpoint.save_train_state(run_dir, {**state, **totals, "hidden": h, "model": model.state_dict(),
                                                   "optimizer": optimizer.state_dict(), "rng": rngs[0],
-                                                  **({"rng_ranks": rngs} if ranks.size > 1 else {})})
+                                                  **({"rng_ranks": rngs} if ranks.joined else {})})
 
     def validate(hidden, totals: dict) -> None:
         """Exact validation NLL; keep the best weights; plateau schedule; save resumable state."""
@@ -266,7 +266,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
         several ranks, one all-reduce carries the loss, rank 0's clock and every rank's stop
         request, so that all ranks take the same decisions (lr, skip, save, stop) at the same step."""
         now = clock()
-        if ranks.size == 1:
+        if not ranks.joined:
             return loss.detach(), now, stop.asked is not None
         local = torch.tensor([now["elapsed_seconds"] if main else 0.0, float(stop.asked is not None)], device=device)
         shared = ranks.sum(torch.cat([loss.detach().float().view(1), local]))
@@ -350,7 +350,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
                 progress = used(totals["elapsed_seconds"])
                 report.update(progress, text)
                 # one process stops at once; ranks stop together, at the all-reduce after the request
-                stop_asked = stop_asked or (ranks.size == 1 and stop.asked is not None)
+                stop_asked = stop_asked or (not ranks.joined and stop.asked is not None)
                 done = progress >= 1.0 or stop_asked
                 pause_start = time.perf_counter()
                 save_due = ((tc.save_every and state["step"] % tc.save_every == 0) or

@@ -113,8 +113,8 @@ def test_config_format_versions(tmp_path):
     text = (run / "config.yaml").read_text()
     assert text.startswith("format: 4\n")
     # format 1 (no version line, no train.save_minutes / max_bad_steps, no model.order) is migrated
-    old = (text.replace("format: 4\n", "").replace("  streaming: false\n", "").replace("  save_minutes: 10.0\n", "").replace("  max_bad_steps: 10\n", "")
-           .replace("  order: 5\n", ""))
+    old = (text.replace("format: 4\n", "").replace("  streaming: false\n", "").replace("  save_minutes: 10.0\n", "")
+           .replace("  max_bad_steps: 10\n", "").replace("  order: 5\n", ""))
     assert "save_minutes" not in old and "order" not in old
     (run / "config.yaml").write_text(old)
     migrated = checkpoint.read_config(run)

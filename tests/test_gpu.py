@@ -38,3 +38,20 @@ def test_train_eval_generate_on_cuda(cell, corpus_dir, tmp_path):
     beams = TextGenerator(tmp_path / "run", "cuda").generate("the", Decoding(beams=4, num_return=2)).continuations
     assert len(beams) == 2 and beams[0].score >= beams[1].score
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 20
+
+
+def test_torchrun_one_gpu_nccl_smoke(corpus_dir, tmp_path):
+    """torchrun with one process joins an NCCL group of one: DDP, the per-step all-reduce, the
+    gathers of hidden state and RNGs, and the weight broadcast all run on the GPU."""
+    import os
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "lmrnn",
+               "train", str(corpus_dir), "-c", str(REPO / "configs" / "tiny.yaml"), "-o", str(tmp_path / "run"),
+               "-s", "device=cuda"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["device"] == "cuda" and summary["processes"] == 1 and summary["best_val_ppl"] < 300
