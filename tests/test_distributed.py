@@ -87,6 +87,16 @@ def test_a_distributed_run_resumes_exactly(reference):
     assert_same_run(root / "one", root / "halves", stopped_at=5)
 
 
+def test_a_one_process_run_resumes_on_two(reference):
+    """train_state.pt holds every stream's hidden state: a run stopped on one process continues
+    on two (each taking its rows) and ends like the straight run."""
+    corpus, root = reference
+    train(1, corpus, root / "grown", "-s", "train.max_steps=5")
+    done = lmrnn(2, "train", "--resume", "-o", str(root / "grown"), "-s", "train.max_steps=10")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_run(root / "one", root / "grown", stopped_at=5)
+
+
 def test_a_batch_that_does_not_split_over_the_ranks_is_one_clear_error(reference, tmp_path):
     corpus, _ = reference
     done = lmrnn(3, "train", str(corpus), "-c", str(REPO / "configs" / "tiny.yaml"), "-o", str(tmp_path / "run"),
