@@ -68,18 +68,6 @@ class Documents:
     def __iter__(self) -> Iterator[str]:
         return itertools.islice(self._rows(), self.start, self.stop)
 
-    def shards(self, max_chars: int) -> Iterator[list[str]]:
-        """Consecutive runs of documents, each closed once it holds `max_chars` characters."""
-        shard, chars = [], 0
-        for doc in self:
-            shard.append(doc)
-            chars += len(doc) + 1
-            if chars >= max_chars:
-                yield shard
-                shard, chars = [], 0
-        if shard:
-            yield shard
-
 
 class Corpus:
     """Where a corpus lives, how it splits, and a key that changes when its text does."""
@@ -318,8 +306,7 @@ def encoded_shards(documents: Iterable[str], tokenizer: Tokenizer, shard_chars: 
     (starting with the eos before its first document). SentencePiece's threads encode each
     shard in parallel; memory holds one shard, never the corpus."""
     dtype, eos = id_dtype(tokenizer.vocab_size), tokenizer.eos_id
-    docs = documents if isinstance(documents, Documents) else Documents(lambda: iter(documents))
-    for shard in docs.shards(shard_chars):
+    for shard in _shards(documents, shard_chars):
         encoded = tokenizer.encode_batch(shard)
         ids = np.empty(1 + sum(map(len, encoded)) + len(encoded), dtype=dtype)
         ids[0], at = eos, 1
@@ -329,6 +316,19 @@ def encoded_shards(documents: Iterable[str], tokenizer: Tokenizer, shard_chars: 
             ids[at - 1] = eos
         yield Split(ids, words=sum(len(doc.split()) for doc in shard) + len(shard),
                     bytes=sum(len(doc.encode("utf-8")) for doc in shard) + len(shard))
+
+
+def _shards(documents: Iterable[str], max_chars: int) -> Iterator[list[str]]:
+    """Consecutive runs of documents, each closed once it holds `max_chars` characters."""
+    shard, chars = [], 0
+    for doc in documents:
+        shard.append(doc)
+        chars += len(doc) + 1
+        if chars >= max_chars:
+            yield shard
+            shard, chars = [], 0
+    if shard:
+        yield shard
 
 
 def encode_documents(documents: Iterable[str], tokenizer: Tokenizer) -> Split:
