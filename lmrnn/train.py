@@ -262,12 +262,13 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
         return budget_progress(tc, state["step"], epochs_done(), elapsed)
 
     def synced(loss: torch.Tensor) -> tuple[torch.Tensor, dict, bool]:
-        """The step's mean loss over all rows, the clock, and whether a stop was asked for: on
-        several ranks, one all-reduce carries the loss, rank 0's clock and every rank's stop
-        request, so that all ranks take the same decisions (lr, skip, save, stop) at the same step."""
+        """The step's mean loss over all rows, the clock, and whether any rank was asked to stop:
+        one all-reduce carries the loss, rank 0's clock and every rank's stop request, so that all
+        ranks take the same decisions (lr, skip, save, stop) at the same step. One process reads
+        its own stop request later, at the end of the step."""
         now = clock()
         if not ranks.joined:
-            return loss.detach(), now, stop.asked is not None
+            return loss.detach(), now, False
         local = torch.tensor([now["elapsed_seconds"] if main else 0.0, float(stop.asked is not None)], device=device)
         shared = ranks.sum(torch.cat([loss.detach().float().view(1), local]))
         elapsed, stops = shared[1:].tolist()
