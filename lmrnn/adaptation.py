@@ -20,7 +20,7 @@ validation.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import itertools
 import math
 from dataclasses import dataclass
@@ -95,13 +95,13 @@ def mix(model_logprobs: torch.Tensor, cache: torch.Tensor, weight: float) -> flo
 
 def dynamic_nll(model: RNNLM, ids: np.ndarray, bptt: int, lr: float, decay: float) -> float:
     """Total NLL of a stream scored window by window, each window adapted to after it is scored."""
-    model = copy.deepcopy(model)  # the run's model stays as trained
-    # cuDNN runs an RNN's backward only in training mode, so train mode with every dropout at 0
+    # cuDNN runs an RNN's backward only in training mode, so train mode on a copy of the model
+    # (the run's stays as trained) built with every dropout and weight drop at 0
+    plain = dataclasses.replace(model.cfg, dropout=0.0, embedding_dropout=0.0, weight_drop=0.0)
+    weights, model = model.state_dict(), RNNLM(plain).to(model.device)
+    model.load_state_dict(weights)
+    model.flatten_parameters()
     model.train()
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-    model.rnn.dropout = 0.0
     trained = [p.detach().clone() for p in model.parameters()]
     x, y = batchify(ids, 1)
     device, total, hidden = model.device, 0.0, None

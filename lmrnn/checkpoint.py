@@ -298,5 +298,5 @@ def load_run(run_dir: Path, device: torch.device) -> tuple[RNNLM | FeedForwardLM
     load_weights(run_dir, model, torch.device("cpu"))
     model.to(device).eval()
     if isinstance(model, RNNLM):
-        model.rnn.flatten_parameters()  # contiguous weights for cuDNN after the move
+        model.flatten_parameters()
     return model, tokenizer, cfg

@@ -70,6 +70,11 @@ class ModelConfig:
     hidden_size: int = 256
     num_layers: int = 2
     dropout: float = 0.25  # on embeddings, between layers and before the decoder (Zaremba 2014)
+    # regularisers of AWD-LSTM (Merity, Keskar & Socher 2017), each 0 / false = off:
+    locked_dropout: bool = False  # `dropout` with one mask per sequence for all time steps (Gal & Ghahramani 2016)
+    embedding_dropout: float = 0.0  # drops whole words: every occurrence of a word type in the batch
+    weight_drop: float = 0.0  # DropConnect on the hidden-to-hidden weights, a new mask per window
+    layer_norm: bool = False  # layer-normalised recurrent cells (Ba, Kiros & Hinton 2016)
     tie_weights: bool = True  # decoder shares the embedding matrix (Press & Wolf 2016)
     vocab_size: int = 0  # derived from the tokenizer when training starts
     order: int = 5  # cell ngram: the n of the Kneser-Ney n-gram model (the other keys do not apply)
@@ -79,8 +84,15 @@ class ModelConfig:
         for key in ("embedding_dim", "hidden_size", "num_layers"):
             if getattr(self, key) < 1:
                 raise UserError(f"model.{key} must be >= 1, got {getattr(self, key)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        for key in ("dropout", "embedding_dropout", "weight_drop"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise UserError(f"model.{key} must be in [0, 1), got {getattr(self, key)}")
+        if self.cell in ("ffnn", "ngram"):
+            recurrent_only = [key for key in ("locked_dropout", "embedding_dropout", "weight_drop", "layer_norm")
+                              if getattr(self, key)]
+            if recurrent_only:
+                raise UserError(f"model.{recurrent_only[0]} applies to the recurrent cells (rnn, rnn_relu, lstm, "
+                                f"gru), not to cell {self.cell}")
         if not 1 <= self.order <= 10:
             raise UserError(f"model.order must be between 1 and 10, got {self.order}")
         if self.context < 1:
@@ -92,11 +104,19 @@ class TrainConfig:
     batch_size: int = 16  # B contiguous streams trained side by side
     eval_batch_size: int = 16
     bptt: int = 70  # window length T for truncated backpropagation through time
-    optimizer: Literal["adamw", "sgd"] = "adamw"
+    # a window length drawn per step around bptt (half of it 5% of the time), the lr scaled by
+    # length / bptt, so that every position is sometimes a window start (Merity et al. 2017)
+    variable_bptt: bool = False
+    # nt_asgd: SGD that starts averaging the weights once validation stops improving for
+    # asgd_patience evaluations; the average is what is evaluated and saved (Merity et al. 2017)
+    optimizer: Literal["adamw", "sgd", "nt_asgd"] = "adamw"
+    asgd_patience: int = 5  # nt_asgd: the non-monotone interval n, in evaluations
     lr: float = 1e-2  # AdamW; lower (3e-3) suits the plain RNN better
-    momentum: float = 0.0  # sgd only
+    momentum: float = 0.0  # sgd and nt_asgd
     weight_decay: float = 0.0
     clip_grad_norm: float = 1.0  # global L2 norm; 0 disables clipping
+    ar: float = 0.0  # activation regularisation: ar * mean(top layer's dropped output^2) (Merity 2017's alpha)
+    tar: float = 0.0  # temporal AR: tar * mean((h_t - h_{t-1})^2) of the top layer, undropped (beta)
     lr_schedule: Literal["constant", "cosine", "plateau"] = "cosine"
     warmup_steps: int = 100  # linear warm-up, for every schedule
     min_lr_ratio: float = 0.1  # cosine ends at lr * min_lr_ratio
@@ -112,11 +132,11 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on capable CUDA
 
     def __post_init__(self) -> None:
-        for key in ("batch_size", "eval_batch_size", "bptt", "log_every", "max_bad_steps"):
+        for key in ("batch_size", "eval_batch_size", "bptt", "log_every", "max_bad_steps", "asgd_patience"):
             if getattr(self, key) < 1:
                 raise UserError(f"train.{key} must be >= 1, got {getattr(self, key)}")
         for key in ("epochs", "max_steps", "max_minutes", "eval_every", "save_every", "save_minutes",
-                    "warmup_steps", "weight_decay", "clip_grad_norm", "momentum"):
+                    "warmup_steps", "weight_decay", "clip_grad_norm", "momentum", "ar", "tar"):
             if getattr(self, key) < 0:
                 raise UserError(f"train.{key} must be >= 0, got {getattr(self, key)}")
         if self.lr <= 0:
@@ -138,6 +158,11 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        if (self.train.ar or self.train.tar) and self.model.cell in ("ffnn", "ngram"):
+            raise UserError(f"train.ar and train.tar apply to the recurrent cells (rnn, rnn_relu, lstm, gru), "
+                            f"not to cell {self.model.cell}")
+
 
 # Keys that may change when a run is resumed: the budgets (to extend a finished run), how often
 # it logs and saves, and the two knobs that rescue a diverging run (lr, clip norm).
@@ -148,9 +173,12 @@ RESUMABLE_KEYS = {"train.epochs", "train.max_steps", "train.max_minutes", "devic
 
 # Version of the config.yaml written into a run directory. Each step up names the keys it added
 # and the values that reproduce the older behaviour, so older runs load (and resume) unchanged.
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 ADDED_IN_FORMAT = {2: {"train.save_minutes": 0.0, "train.max_bad_steps": 10}, 3: {"model.order": 5, "model.context": 5},
-                   4: {"data.streaming": False}}
+                   4: {"data.streaming": False},
+                   5: {"model.locked_dropout": False, "model.embedding_dropout": 0.0, "model.weight_drop": 0.0,
+                       "model.layer_norm": False, "train.variable_bptt": False, "train.asgd_patience": 5,
+                       "train.ar": 0.0, "train.tar": 0.0}}
 
 
 def migrate(raw: dict, version: int) -> dict:

@@ -369,16 +369,13 @@ def batchify(ids: np.ndarray, batch_size: int, pad: bool = False) -> tuple[np.nd
     return x.reshape(batch_size, length), y.reshape(batch_size, length)
 
 
-def windows(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, bptt: int, start: int = 0):
-    """Yield (x, y) windows of `bptt` columns, (B, T) int64 tensors, from window index `start`;
-    y is x shifted by one everywhere, across window boundaries too. The last window may be shorter."""
-    for offset in range(start * bptt, x.shape[1], bptt):
+def windows(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, bptt: int):
+    """Yield (x, y) windows of `bptt` columns, (B, T) int64 tensors; y is x shifted by one
+    everywhere, across window boundaries too. The last window may be shorter."""
+    for offset in range(0, x.shape[1], bptt):
         yield as_long(x[:, offset:offset + bptt]), as_long(y[:, offset:offset + bptt])
 
 
 def as_long(ids: np.ndarray | torch.Tensor) -> torch.Tensor:
     return ids.long() if isinstance(ids, torch.Tensor) else torch.from_numpy(ids.astype(np.int64))
 
-
-def num_windows(x: np.ndarray | torch.Tensor, bptt: int) -> int:
-    return -(-x.shape[1] // bptt)

@@ -10,8 +10,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from lmrnn.cells import GATES, LayerNormRNN
 from lmrnn.config import ModelConfig
 from lmrnn.ngram import KneserNey
+from lmrnn.regularizers import LockedDropout, embedding_dropout, weight_dropped_call
 
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # LSTM carries (h, c), others h
 
@@ -25,12 +27,21 @@ class RNNLM(nn.Module):
         E, H, V = cfg.embedding_dim, cfg.hidden_size, cfg.vocab_size
         self.embedding = nn.Embedding(V, E)
         # Dropout on the non-recurrent connections only: input, between layers, output
-        # (Zaremba, Sutskever & Vinyals 2014, "Recurrent Neural Network Regularization").
-        self.dropout = nn.Dropout(cfg.dropout)
+        # (Zaremba, Sutskever & Vinyals 2014, "Recurrent Neural Network Regularization"); with
+        # locked_dropout one mask per sequence, the same at every step (Gal & Ghahramani 2016).
+        self.dropout = LockedDropout(cfg.dropout) if cfg.locked_dropout else nn.Dropout(cfg.dropout)
         cell = {"rnn": nn.RNN, "rnn_relu": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cfg.cell]
         extra = {"nonlinearity": "relu" if cfg.cell == "rnn_relu" else "tanh"} if cell is nn.RNN else {}
-        self.rnn = cell(E, H, cfg.num_layers, batch_first=True,
-                        dropout=cfg.dropout if cfg.num_layers > 1 else 0.0, **extra)
+        # One multi-layer module (one cuDNN call) when the stack needs nothing between its layers;
+        # otherwise a layer at a time: locked dropout goes between them, layer norm inside them.
+        self.rnn = self.layers = None
+        if cfg.locked_dropout or cfg.layer_norm:
+            self.layers = nn.ModuleList(
+                LayerNormRNN(cfg.cell, E if layer == 0 else H, H) if cfg.layer_norm
+                else cell(E if layer == 0 else H, H, batch_first=True, **extra) for layer in range(cfg.num_layers))
+        else:
+            self.rnn = cell(E, H, cfg.num_layers, batch_first=True,
+                            dropout=cfg.dropout if cfg.num_layers > 1 else 0.0, **extra)
         # Weight tying (Press & Wolf 2016; Inan et al. 2016): the decoder reuses the embedding
         # matrix. When H != E a linear projection H -> E bridges the sizes.
         tied_projection = cfg.tie_weights and H != E
@@ -45,31 +56,65 @@ class RNNLM(nn.Module):
         nn.init.zeros_(self.decoder.bias)
         if not self.cfg.tie_weights:
             nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
-        if self.cfg.cell == "lstm":
+        if self.cfg.cell == "lstm" and not self.cfg.layer_norm:  # (LayerNormRNN sets its own)
             # Forget-gate bias 1 so the cell state is kept by default early in training
             # (Jozefowicz, Zaremba & Sutskever 2015). PyTorch gate order: input, forget, cell, output;
             # the two bias vectors add, so one gets 1 and the other 0.
             H = self.cfg.hidden_size
-            for layer in range(self.cfg.num_layers):
+            for module, name in self.recurrent_weights("bias_ih"):
                 with torch.no_grad():
-                    getattr(self.rnn, f"bias_ih_l{layer}")[H:2 * H].fill_(1.0)
-                    getattr(self.rnn, f"bias_hh_l{layer}")[H:2 * H].zero_()
+                    getattr(module, name)[H:2 * H].fill_(1.0)
+                    getattr(module, name.replace("_ih", "_hh"))[H:2 * H].zero_()
 
-    def forward(self, ids: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
+    def recurrent_weights(self, prefix: str) -> list[tuple[nn.Module, str]]:
+        """(module, parameter name) of every recurrent parameter whose name starts with `prefix`
+        (weight_ih, weight_hh, bias_ih), bottom layer first, for either layout of the stack."""
+        modules = [self.rnn] if self.layers is None else list(self.layers)
+        return [(m, name) for m in modules for name, _ in m.named_parameters() if name.startswith(prefix)]
+
+    def flatten_parameters(self) -> None:
+        """cuDNN wants each RNN's weights in one contiguous buffer after a move to the GPU."""
+        for module in [self.rnn] if self.layers is None else self.layers:
+            if isinstance(module, nn.RNNBase):
+                module.flatten_parameters()
+
+    def forward(self, ids: torch.Tensor, hidden: Hidden | None = None, activations: bool = False):
         """ids (B, T) -> logits (B, T, V) and the new hidden state ((L, B, H), or a pair for LSTM).
-        `hidden=None` starts from zeros."""
-        features, hidden = self.encode(ids, hidden)
-        return self.decoder(features), hidden  # (B, T, V)
+        `hidden=None` starts from zeros. With `activations`, also the top layer's outputs
+        (B, T, H) before and after its dropout, for activation regularisation."""
+        features, hidden, top = self._encode(ids, hidden)
+        logits = self.decoder(features)  # (B, T, V)
+        return (logits, hidden, top) if activations else (logits, hidden)
 
     def encode(self, ids: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
         """Everything but the decoder: ids (B, T) -> decoder inputs (B, T, E or H) and the new
         state. Lets a caller decode only the positions it needs (the probes decode one of T)."""
-        x = self.dropout(self.embedding(ids))  # (B, T, E)
-        out, hidden = self.rnn(x, hidden)  # (B, T, H)
-        out = self.dropout(out)
-        if self.projection is not None:
-            out = self.projection(out)  # (B, T, E)
-        return out, hidden
+        return self._encode(ids, hidden)[:2]
+
+    def _encode(self, ids: torch.Tensor, hidden: Hidden | None):
+        x = embedding_dropout(self.embedding, ids, self.cfg.embedding_dropout, self.training)
+        x = self.dropout(x)  # (B, T, E)
+        if self.layers is None:
+            out, hidden = self._call(self.rnn, x, hidden)  # (B, T, H)
+        else:
+            states = []
+            for index, layer in enumerate(self.layers):
+                if index:
+                    x = self.dropout(x)  # between layers
+                x, state = self._call(layer, x, None if hidden is None else map_hidden(hidden, lambda h: h[index:index + 1]))
+                states.append(state)
+            out = x
+            hidden = (tuple(torch.cat(parts) for parts in zip(*states)) if isinstance(states[0], tuple)
+                      else torch.cat(states))  # (L, B, H)
+        dropped = self.dropout(out)
+        features = self.projection(dropped) if self.projection is not None else dropped  # (B, T, E)
+        return features, hidden, (out, dropped)
+
+    def _call(self, module: nn.Module, x: torch.Tensor, hidden: Hidden | None):
+        """One recurrent module on x (B, T, in), with weight drop on its recurrent matrices in training."""
+        if self.training and self.cfg.weight_drop:
+            return weight_dropped_call(module, self.cfg.weight_drop, x, hidden)
+        return module(x, hidden)
 
     def next_token_logits(self, hidden: Hidden) -> torch.Tensor:
         """(B, V) logits of the next token from a state alone: the decoder on the top layer's h,
@@ -186,20 +231,19 @@ def detach_hidden(hidden: Hidden | None) -> Hidden | None:
     return None if hidden is None else map_hidden(hidden, torch.Tensor.detach)
 
 
-GATES = {"rnn": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}  # weight blocks per layer
-
-
 def count_parameters(cfg: ModelConfig) -> int:
     """build_model(cfg).num_parameters() without building it (for sizing searches):
     embedding V*E; recurrent layer l: G*H*(in_l + H) weights + 2*G*H biases (PyTorch keeps b_ih
-    and b_hh), in_0 = E, in_l = H; feed-forward layer l: in_l*H + H, in_0 = N*E; tied: projection
+    and b_hh), in_0 = E, in_l = H; layer-normalised: the same weights, no biases, 2*G*H + G*H norm
+    parameters (+ 2*H for the LSTM's cell norm); feed-forward layer l: in_l*H + H, in_0 = N*E; tied: projection
     H*E when H != E, decoder bias V; untied: decoder H*V + V."""
     E, H, V = cfg.embedding_dim, cfg.hidden_size, cfg.vocab_size
     if cfg.cell == "ffnn":  # layer 0: N*E -> H, then H -> H; weights and one bias each
         recurrent = sum((cfg.context * E if layer == 0 else H) * H + H for layer in range(cfg.num_layers))
     else:
         G = GATES[cfg.cell]
-        recurrent = sum(G * H * ((E if layer == 0 else H) + H) + 2 * G * H for layer in range(cfg.num_layers))
+        extra = 3 * G * H + (2 * H if cfg.cell == "lstm" else 0) if cfg.layer_norm else 2 * G * H
+        recurrent = sum(G * H * ((E if layer == 0 else H) + H) + extra for layer in range(cfg.num_layers))
     if cfg.tie_weights:
         output = (H * E if H != E else 0) + V
     else:

@@ -22,6 +22,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
@@ -29,11 +30,13 @@ from torch.nn.parallel import DistributedDataParallel
 from lmrnn import __version__, checkpoint
 from lmrnn.config import RunConfig, TrainConfig
 from lmrnn.console import SilentProgress, TrainingProgress
-from lmrnn.data import SPLITS, Corpus, batchify, load_or_train_tokenizer, load_split, num_windows, windows
+from lmrnn.averaging import WeightAverage, should_start
+from lmrnn.data import SPLITS, Corpus, as_long, batchify, load_or_train_tokenizer, load_split
 from lmrnn.errors import UserError
 from lmrnn.evaluate import figures, score_split
 from lmrnn.models import RNNLM, NgramLM, build_model, detach_hidden
 from lmrnn.ngram import KneserNey
+from lmrnn.regularizers import activation_penalty
 from lmrnn.runtime import (Ranks, autocast, autocast_dtype, rng_state, seed_everything, set_rng_state, start_ranks,
                            stop_ranks)
 from lmrnn.tokenizer import Tokenizer
@@ -53,6 +56,18 @@ def learning_rate(cfg: TrainConfig, step: int, progress: float, plateau_scale: f
     if cfg.lr_schedule == "cosine":
         shape = cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     return cfg.lr * warmup * shape * plateau_scale
+
+
+def window_length(cfg: TrainConfig, seed: int, step: int) -> int:
+    """The step's BPTT window length. Fixed: bptt. Variable (Merity et al. 2017, section 4.1):
+    a base of bptt (bptt / 2 with probability 0.05), the length drawn from N(base, 5), at
+    least 5 and at most bptt + 40. Drawn from (seed, step) alone, so that every rank of a
+    distributed run and every resumed run cuts the same windows."""
+    if not cfg.variable_bptt:
+        return cfg.bptt
+    rng = np.random.default_rng((seed, step))
+    base = cfg.bptt if rng.random() < 0.95 else cfg.bptt / 2
+    return int(min(max(5, int(rng.normal(base, 5))), cfg.bptt + 40))
 
 
 def budget_progress(cfg: TrainConfig, step: int, epochs_done: float, seconds: float) -> float:
@@ -98,7 +113,7 @@ def loss_jumped(recent: list[float], loss: float) -> bool:
 
 
 def build_optimizer(model: RNNLM, cfg: TrainConfig) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
+    if cfg.optimizer in ("sgd", "nt_asgd"):  # nt_asgd: SGD, averaged by the loop (WeightAverage)
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -152,7 +167,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
     if x_train.shape[1] < tc.bptt:
         raise UserError(f"the train split has {splits['train'].tokens:,} tokens: too few for "
                         f"train.batch_size={tc.batch_size} rows of train.bptt={tc.bptt}; lower one of them")
-    windows_per_epoch = num_windows(x_train, tc.bptt)
+    columns = x_train.shape[1]  # positions per row in an epoch
     rows = ranks.rows(tc.batch_size)
     x_train, y_train = x_train[rows], y_train[rows]  # this rank's streams: (B / ranks, L)
 
@@ -163,15 +178,17 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
     cfg.model.vocab_size = tokenizer.vocab_size
     model = build_model(cfg.model).to(device)
     if isinstance(model, RNNLM):
-        model.rnn.flatten_parameters()  # cuDNN wants one contiguous weight buffer after the move
+        model.flatten_parameters()
     optimizer = build_optimizer(model, tc)
+    average = WeightAverage(model)  # nt_asgd: started once validation stalls
     if ranks.rank:
         torch.manual_seed(cfg.seed + ranks.rank)  # same initial weights, but dropout masks of its own
     # interval = the log interval's running sums (loss, grad norm, good steps), kept so that a resumed
     # run logs the same figures; recent = the last logged losses, for the exploding-loss warning
-    state = {"step": 0, "epoch": 0, "window": 0, "tokens": 0, "train_seconds": 0.0, "elapsed_seconds": 0.0,
+    # position = the next window's first column; val_losses = every validation loss (nt_asgd's trigger)
+    state = {"step": 0, "epoch": 0, "position": 0, "tokens": 0, "train_seconds": 0.0, "elapsed_seconds": 0.0,
              "best_val_loss": math.inf, "plateau_scale": 1.0, "hidden": [], "bad_steps": 0,
-             "interval": [0.0, 0.0, 0], "recent": [], "saved_at": 0.0}
+             "interval": [0.0, 0.0, 0], "recent": [], "saved_at": 0.0, "val_losses": []}
     if main:
         held.enter_context(checkpoint.run_lock(run_dir))  # from here on, this process owns the folder
     if resume:  # every rank reads the state (a run on several machines needs --out on shared storage)
@@ -179,6 +196,9 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
         try:
             model.load_state_dict(saved.pop("model"))
             optimizer.load_state_dict(saved.pop("optimizer"))
+            average.load_state_dict(saved.pop("average", {"average": None, "count": 0}))
+            if "window" in saved:  # saved by lmrnn < 0.5: windows of a fixed bptt
+                saved["position"] = saved.pop("window") * tc.bptt
             rngs = saved.pop("rng_ranks", None)
             set_rng_state(saved.pop("rng") if not rngs or len(rngs) != ranks.size else rngs[ranks.rank])
             if ranks.rank and (not rngs or len(rngs) != ranks.size):  # resumed on another number of ranks
@@ -187,13 +207,13 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
             raise UserError(f"{run_dir / checkpoint.TRAIN_STATE} does not match config.yaml "
                             f"({str(err).strip().splitlines()[0][:160]})") from None
         state.update(saved)
-        if budget_progress(tc, state["step"], state["epoch"] + state["window"] / windows_per_epoch,
+        if budget_progress(tc, state["step"], state["epoch"] + state["position"] / columns,
                            state["elapsed_seconds"]) >= 1.0:  # refused before anything is written
             raise UserError("this run already reached its stop limit; raise train.epochs, train.max_steps "
                             "or train.max_minutes to train further")
         if main:
             checkpoint.truncate_metrics(run_dir, state["step"])
-        log.info("resuming %s at step %d (epoch %d, window %d)", run_dir, state["step"], state["epoch"], state["window"])
+        log.info("resuming %s at step %d (epoch %d, position %d)", run_dir, state["step"], state["epoch"], state["position"])
     elif main:
         checkpoint.clear_run(run_dir)  # only now that data, tokenizer and model are all sound
         checkpoint.save_tokenizer(run_dir, tokenizer)
@@ -230,27 +250,37 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
         if main:
             checkpoint.save_train_state(run_dir, {**state, **totals, "hidden": h, "model": model.state_dict(),
                                                   "optimizer": optimizer.state_dict(), "rng": rngs[0],
+                                                  "average": average.state_dict(),
                                                   **({"rng_ranks": rngs} if ranks.joined else {})})
 
     def validate(hidden, totals: dict) -> None:
-        """Exact validation NLL; keep the best weights; plateau schedule; save resumable state."""
-        nll, count = score_split(model, splits["validation"], tc.eval_batch_size, tc.bptt, amp_dtype, ranks)
-        loss = nll / count
-        improved = loss < state["best_val_loss"]
-        if improved:
-            state["best_val_loss"] = loss
-            if main:
-                checkpoint.save_weights(run_dir, model, state["step"])
-        elif tc.lr_schedule == "plateau":
+        """Exact validation NLL (of the averaged weights once nt_asgd averages); keep the best
+        weights; plateau schedule; nt_asgd's trigger; save resumable state."""
+        averaged = average.active
+        with average.applied():
+            nll, count = score_split(model, splits["validation"], tc.eval_batch_size, tc.bptt, amp_dtype, ranks)
+            loss = nll / count
+            improved = loss < state["best_val_loss"]
+            if improved:
+                state["best_val_loss"] = loss
+                if main:
+                    checkpoint.save_weights(run_dir, model, state["step"])
+        if not improved and tc.lr_schedule == "plateau":
             state["plateau_scale"] /= tc.plateau_factor  # wlm's anneal: lr / 4 when val stalls
-        record({"event": "eval", "split": "validation", "step": state["step"], "loss": loss,
-                "ppl": math.exp(loss), "best": improved, "seconds": round(totals["train_seconds"], 3)})
+        if tc.optimizer == "nt_asgd" and not averaged and should_start(state["val_losses"], loss, tc.asgd_patience):
+            average.start()
+            record({"event": "averaging", "step": state["step"]})
+            report.line(f"step {state['step']:>7} | validation stalled for {tc.asgd_patience} evaluations: "
+                        f"averaging the weights from here on (NT-ASGD)")
+        state["val_losses"].append(loss)
+        record({"event": "eval", "split": "validation", "step": state["step"], "loss": loss, "ppl": math.exp(loss),
+                "best": improved, "seconds": round(totals["train_seconds"], 3), **({"averaged": True} if averaged else {})})
         report.line(f"step {state['step']:>7} | epoch {epochs_done():5.2f} | val loss {loss:.3f} | "
-                    f"val ppl {math.exp(loss):8.2f}{' *' if improved else ''}")
+                    f"val ppl {math.exp(loss):8.2f}{' (averaged)' if averaged else ''}{' *' if improved else ''}")
         save_state(hidden, totals)
 
     def epochs_done() -> float:
-        return state["epoch"] + state["window"] / windows_per_epoch
+        return state["epoch"] + state["position"] / columns
 
     # ---- the loop
     report = (progress or TrainingProgress()) if main else SilentProgress()
@@ -281,90 +311,97 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
     norm_sum = torch.tensor(state["interval"][1], device=device)
     interval_steps, interval_tokens, interval_start = state["interval"][2], 0, time.perf_counter()
     bad_in_a_row = 0
+    penalised = bool(tc.ar or tc.tar)
     done = stop_asked = False
     with report, _DeferredStop(report) as stop:
         while not done:
-            for x, y in windows(x_train, y_train, tc.bptt, start=state["window"]):
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                lr = learning_rate(tc, state["step"], used(totals["elapsed_seconds"]), state["plateau_scale"])
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                hidden = detach_hidden(hidden)
-                with autocast(device, amp_dtype):
+            length = min(window_length(tc, cfg.seed, state["step"]), columns - state["position"])
+            window = slice(state["position"], state["position"] + length)
+            x = as_long(x_train[:, window]).to(device, non_blocking=True)  # (B, T)
+            y = as_long(y_train[:, window]).to(device, non_blocking=True)
+            lr = learning_rate(tc, state["step"], used(totals["elapsed_seconds"]), state["plateau_scale"])
+            lr *= length / tc.bptt if tc.variable_bptt else 1.0  # the same rate per token for any window length
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            hidden = detach_hidden(hidden)
+            with autocast(device, amp_dtype):
+                if penalised:  # AR/TAR need the top layer's outputs, before and after dropout
+                    logits, hidden, (raw, dropped) = trained(x, hidden, activations=True)
+                else:
                     logits, hidden = trained(x, hidden)  # (B, T, V)
-                loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                # global L2 norm over all parameters, before clipping; inf = measure only
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad_norm or math.inf)
-                loss, totals, stop_asked = synced(loss)
-                state["step"] += 1
-                state["window"] += 1
-                state["tokens"] += y.numel() * ranks.size
-                interval_tokens += y.numel() * ranks.size
-                if torch.isfinite(loss + grad_norm):
-                    optimizer.step()
-                    loss_sum += loss
-                    norm_sum += grad_norm.detach()
-                    interval_steps += 1
-                    bad_in_a_row = 0
-                else:  # skip the update: weights and optimizer stay as they were
-                    state["bad_steps"] += 1
-                    bad_in_a_row += 1
-                    hidden = None  # a non-finite state would poison every later window
-                    record({"event": "skipped", "step": state["step"], "loss": float(loss), "grad_norm": float(grad_norm)})
-                    report.line(f"step {state['step']:>7} | non-finite loss or gradient: update skipped "
-                                f"({bad_in_a_row} in a row, {state['bad_steps']} in all)")
-                    if bad_in_a_row >= tc.max_bad_steps:
-                        raise UserError(
-                            f"training diverged: {bad_in_a_row} steps in a row had a non-finite loss or gradient "
-                            f"(up to step {state['step']}); the last good checkpoint is kept; continue it with a "
-                            f"lower rate, e.g. lmrnn train --resume --out {run_dir} -s train.lr={tc.lr / 4:g}")
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+            optimizer.zero_grad(set_to_none=True)
+            (loss + activation_penalty(raw, dropped, tc.ar, tc.tar) if penalised else loss).backward()
+            # global L2 norm over all parameters, before clipping; inf = measure only
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad_norm or math.inf)
+            loss, totals, stop_asked = synced(loss)
+            state["step"] += 1
+            state["position"] += length
+            state["tokens"] += y.numel() * ranks.size
+            interval_tokens += y.numel() * ranks.size
+            if torch.isfinite(loss + grad_norm):
+                optimizer.step()
+                if average.active:
+                    average.update()
+                loss_sum += loss
+                norm_sum += grad_norm.detach()
+                interval_steps += 1
+                bad_in_a_row = 0
+            else:  # skip the update: weights and optimizer stay as they were
+                state["bad_steps"] += 1
+                bad_in_a_row += 1
+                hidden = None  # a non-finite state would poison every later window
+                record({"event": "skipped", "step": state["step"], "loss": float(loss), "grad_norm": float(grad_norm)})
+                report.line(f"step {state['step']:>7} | non-finite loss or gradient: update skipped "
+                            f"({bad_in_a_row} in a row, {state['bad_steps']} in all)")
+                if bad_in_a_row >= tc.max_bad_steps:
+                    raise UserError(
+                        f"training diverged: {bad_in_a_row} steps in a row had a non-finite loss or gradient "
+                        f"(up to step {state['step']}); the last good checkpoint is kept; continue it with a "
+                        f"lower rate, e.g. lmrnn train --resume --out {run_dir} -s train.lr={tc.lr / 4:g}")
 
-                text = None
-                if state["step"] % tc.log_every == 0 and interval_steps:
-                    mean_loss, mean_norm = loss_sum.item() / interval_steps, norm_sum.item() / interval_steps
-                    speed = interval_tokens / (time.perf_counter() - interval_start)
-                    ppl = math.exp(min(mean_loss, 700))
-                    record({"event": "train", "step": state["step"], "epoch": round(epochs_done(), 4), "lr": lr,
-                            "loss": mean_loss, "ppl": ppl, "grad_norm": mean_norm, "tokens_per_second": speed,
-                            "tokens": state["tokens"], "seconds": round(totals["train_seconds"], 3)})
-                    text = (f"step {state['step']:>7} | epoch {epochs_done():5.2f} | lr {lr:.1e} | loss {mean_loss:.3f}"
-                            f" | ppl {ppl:8.2f} | |g| {mean_norm:.2f} | {speed / 1000:.1f}k tok/s")
-                    if not report.live:
-                        report.line(text)
-                    if loss_jumped(state["recent"], mean_loss):
-                        record({"event": "warning", "step": state["step"], "loss": mean_loss, "message": "exploding loss"})
-                        report.line(f"warning: the loss jumped to {mean_loss:.2f} (perplexity over 10x its recent "
-                                    f"median); if it keeps rising, stop and resume with a lower train.lr or "
-                                    f"train.clip_grad_norm (-s train.lr=...)")
-                    state["recent"] = (state["recent"] + [mean_loss])[-20:]
-                    loss_sum.zero_()
-                    norm_sum.zero_()
-                    interval_steps, interval_tokens, interval_start = 0, 0, time.perf_counter()
+            text = None
+            if state["step"] % tc.log_every == 0 and interval_steps:
+                mean_loss, mean_norm = loss_sum.item() / interval_steps, norm_sum.item() / interval_steps
+                speed = interval_tokens / (time.perf_counter() - interval_start)
+                ppl = math.exp(min(mean_loss, 700))
+                record({"event": "train", "step": state["step"], "epoch": round(epochs_done(), 4), "lr": lr,
+                        "loss": mean_loss, "ppl": ppl, "grad_norm": mean_norm, "tokens_per_second": speed,
+                        "tokens": state["tokens"], "seconds": round(totals["train_seconds"], 3)})
+                text = (f"step {state['step']:>7} | epoch {epochs_done():5.2f} | lr {lr:.1e} | loss {mean_loss:.3f}"
+                        f" | ppl {ppl:8.2f} | |g| {mean_norm:.2f} | {speed / 1000:.1f}k tok/s")
+                if not report.live:
+                    report.line(text)
+                if loss_jumped(state["recent"], mean_loss):
+                    record({"event": "warning", "step": state["step"], "loss": mean_loss, "message": "exploding loss"})
+                    report.line(f"warning: the loss jumped to {mean_loss:.2f} (perplexity over 10x its recent "
+                                f"median); if it keeps rising, stop and resume with a lower train.lr or "
+                                f"train.clip_grad_norm (-s train.lr=...)")
+                state["recent"] = (state["recent"] + [mean_loss])[-20:]
+                loss_sum.zero_()
+                norm_sum.zero_()
+                interval_steps, interval_tokens, interval_start = 0, 0, time.perf_counter()
 
-                at_epoch_end = state["window"] == windows_per_epoch
-                if at_epoch_end:
-                    state["epoch"] += 1
-                    state["window"] = 0
-                    hidden = None  # each epoch starts from the zero state (wlm)
-                progress = used(totals["elapsed_seconds"])
-                report.update(progress, text)
-                # one process stops at once; ranks stop together, at the all-reduce after the request
-                stop_asked = stop_asked or (not ranks.joined and stop.asked is not None)
-                done = progress >= 1.0 or stop_asked
-                pause_start = time.perf_counter()
-                save_due = ((tc.save_every and state["step"] % tc.save_every == 0) or
-                            (tc.save_minutes and totals["elapsed_seconds"] - state["saved_at"] >= 60 * tc.save_minutes))
-                if (tc.eval_every and state["step"] % tc.eval_every == 0) or at_epoch_end or done:
-                    validate(hidden, totals)
-                elif save_due:
-                    save_state(hidden, totals)
-                pause = time.perf_counter() - pause_start
-                paused += pause
-                interval_start += pause
-                if at_epoch_end or done:
-                    break
+            at_epoch_end = state["position"] == columns
+            if at_epoch_end:
+                state["epoch"] += 1
+                state["position"] = 0
+                hidden = None  # each epoch starts from the zero state (wlm)
+            progress = used(totals["elapsed_seconds"])
+            report.update(progress, text)
+            # one process stops at once; ranks stop together, at the all-reduce after the request
+            stop_asked = stop_asked or (not ranks.joined and stop.asked is not None)
+            done = progress >= 1.0 or stop_asked
+            pause_start = time.perf_counter()
+            save_due = ((tc.save_every and state["step"] % tc.save_every == 0) or
+                        (tc.save_minutes and totals["elapsed_seconds"] - state["saved_at"] >= 60 * tc.save_minutes))
+            if (tc.eval_every and state["step"] % tc.eval_every == 0) or at_epoch_end or done:
+                validate(hidden, totals)
+            elif save_due:
+                save_state(hidden, totals)
+            pause = time.perf_counter() - pause_start
+            paused += pause
+            interval_start += pause
 
     state.update(clock())  # final totals, taken before the (slow) last save
     save_state(hidden, {})  # with the carried state, for a later extension

@@ -108,25 +108,34 @@ def test_a_tampered_train_state_is_refused_before_its_code_runs(tmp_path):
     assert not marker.exists()
 
 
+FORMAT_5_KEYS = ("  locked_dropout: false\n", "  embedding_dropout: 0.0\n", "  weight_drop: 0.0\n", "  layer_norm: false\n",
+                 "  variable_bptt: false\n", "  asgd_patience: 5\n", "  ar: 0.0\n", "  tar: 0.0\n")
+
+
 def test_config_format_versions(tmp_path):
     run, _, cfg = make_run(tmp_path)
     text = (run / "config.yaml").read_text()
-    assert text.startswith("format: 4\n")
+    assert text.startswith("format: 5\n") and all(key in text for key in FORMAT_5_KEYS)
+    before_5 = text
+    for key in FORMAT_5_KEYS:
+        before_5 = before_5.replace(key, "")
     # format 1 (no version line, no train.save_minutes / max_bad_steps, no model.order) is migrated
-    old = (text.replace("format: 4\n", "").replace("  streaming: false\n", "").replace("  save_minutes: 10.0\n", "")
+    old = (before_5.replace("format: 5\n", "").replace("  streaming: false\n", "").replace("  save_minutes: 10.0\n", "")
            .replace("  max_bad_steps: 10\n", "").replace("  order: 5\n", ""))
     assert "save_minutes" not in old and "order" not in old
     (run / "config.yaml").write_text(old)
     migrated = checkpoint.read_config(run)
     assert migrated.train.save_minutes == 0.0 and migrated.train.max_bad_steps == 10  # format 1's behaviour
     assert migrated.model == cfg.model
-    (run / "config.yaml").write_text(text.replace("format: 4", "format: 2").replace("  order: 5\n", "")
+    (run / "config.yaml").write_text(before_5.replace("format: 5", "format: 2").replace("  order: 5\n", "")
                                      .replace("  streaming: false\n", ""))
     assert checkpoint.read_config(run).model.order == 5  # format 2 gains model.order
-    (run / "config.yaml").write_text(text.replace("format: 4", "format: 3").replace("  streaming: false\n", ""))
+    (run / "config.yaml").write_text(before_5.replace("format: 5", "format: 3").replace("  streaming: false\n", ""))
     assert checkpoint.read_config(run).data.streaming is False  # format 3 gains data.streaming
-    (run / "config.yaml").write_text(text.replace("format: 4", "format: 7"))
-    with pytest.raises(UserError, match="written by a newer lmrnn \\(run format 7; .* reads up to 4\\)"):
+    (run / "config.yaml").write_text(before_5.replace("format: 5", "format: 4"))
+    assert checkpoint.read_config(run) == cfg  # format 4 gains the regularisers, all off
+    (run / "config.yaml").write_text(text.replace("format: 5", "format: 7"))
+    with pytest.raises(UserError, match="written by a newer lmrnn \\(run format 7; .* reads up to 5\\)"):
         checkpoint.read_config(run)
     (run / "config.yaml").write_text(text.replace("  bptt: 70\n", ""))
     with pytest.raises(UserError, match="is missing train.bptt"):

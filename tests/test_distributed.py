@@ -78,6 +78,21 @@ def test_two_gloo_processes_match_one_process_step_by_step(reference):
     assert state["hidden"][0].shape[1] == 8 and len(state["rng_ranks"]) == 2  # both ranks' rows and RNGs
 
 
+def test_two_processes_match_one_with_awd_techniques(reference):
+    """The deterministic AWD-LSTM parts agree across ranks: window lengths drawn per step (the
+    same on every rank), AR/TAR, layer norm, the per-layer stack and NT-ASGD's average (which
+    starts at the same evaluation on both). Dropout stays off: each rank draws its own masks."""
+    corpus, root = reference
+    awd = ["-s", "train.max_steps=12", "-s", "train.variable_bptt=true", "-s", "train.ar=2", "-s", "train.tar=1",
+           "-s", "model.layer_norm=true", "-s", "model.locked_dropout=true", "-s", "train.optimizer=nt_asgd",
+           "-s", "train.lr=5", "-s", "train.asgd_patience=1", "-s", "train.eval_every=2"]
+    train(1, corpus, root / "awd-one", *awd)
+    train(2, corpus, root / "awd-two", *awd)
+    assert_same_run(root / "awd-one", root / "awd-two")
+    started = [e for e in checkpoint.read_metrics(root / "awd-two") if e["event"] == "averaging"]
+    assert started == [e for e in checkpoint.read_metrics(root / "awd-one") if e["event"] == "averaging"] != []
+
+
 def test_a_distributed_run_resumes_exactly(reference):
     """Two processes stopped at step 5 and resumed on two processes end like one straight run."""
     corpus, root = reference

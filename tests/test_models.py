@@ -27,11 +27,15 @@ def test_cell_types_and_nonlinearity():
     assert tiny("rnn").rnn.nonlinearity == "tanh" and tiny("rnn_relu").rnn.nonlinearity == "relu"
 
 
+LAYOUTS = [{}, {"locked_dropout": True}, {"layer_norm": True}]  # one stacked module; a layer at a time
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=["stacked", "per-layer", "layer-norm"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_carrying_the_state_across_windows_equals_one_pass(cell):
+def test_carrying_the_state_across_windows_equals_one_pass(cell, layout):
     """What truncated BPTT relies on: windows with the carried state give the logits of one
     forward pass over the whole sequence."""
-    model = tiny(cell).eval()
+    model = tiny(cell, **layout).eval()
     ids = torch.randint(0, 11, (2, 12))
     whole, _ = model(ids)
     first, hidden = model(ids[:, :5])
@@ -39,10 +43,16 @@ def test_carrying_the_state_across_windows_equals_one_pass(cell):
     torch.testing.assert_close(torch.cat([first, second], dim=1), whole)
 
 
-def test_lstm_forget_gate_bias_starts_at_one():
-    model = tiny("lstm")
+@pytest.mark.parametrize("layout", LAYOUTS, ids=["stacked", "per-layer", "layer-norm"])
+def test_lstm_forget_gate_bias_starts_at_one(layout):
+    model = tiny("lstm", **layout)
     for layer in range(2):
-        b_ih, b_hh = getattr(model.rnn, f"bias_ih_l{layer}"), getattr(model.rnn, f"bias_hh_l{layer}")
+        if layout.get("layer_norm"):  # the bias lives in the input-side norm
+            b_ih, b_hh = model.layers[layer].norm_ih.bias, torch.zeros(24)
+        elif layout:
+            b_ih, b_hh = model.layers[layer].bias_ih_l0, model.layers[layer].bias_hh_l0
+        else:
+            b_ih, b_hh = getattr(model.rnn, f"bias_ih_l{layer}"), getattr(model.rnn, f"bias_hh_l{layer}")
         assert torch.all(b_ih[6:12] + b_hh[6:12] == 1.0)  # gate order i, f, g, o; H = 6
         assert not torch.all(b_ih[:6] == 1.0)
 
@@ -76,10 +86,10 @@ def test_detach_hidden_keeps_values_and_cuts_the_graph():
 
 @pytest.mark.parametrize("cell", ["rnn", "rnn_relu", "lstm", "gru"])
 @pytest.mark.parametrize("tie,layers,embedding,hidden", [(True, 1, 16, 16), (True, 3, 16, 40), (False, 2, 24, 16)])
-def test_count_parameters_without_building(cell, tie, layers, embedding, hidden):
-    from lmrnn.models import count_parameters
-
-    cfg = ModelConfig(cell=cell, tie_weights=tie, num_layers=layers, embedding_dim=embedding, hidden_size=hidden, vocab_size=50)
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_count_parameters_without_building(cell, tie, layers, embedding, hidden, layer_norm):
+    cfg = ModelConfig(cell=cell, tie_weights=tie, num_layers=layers, embedding_dim=embedding, hidden_size=hidden,
+                      vocab_size=50, layer_norm=layer_norm)
     assert count_parameters(cfg) == RNNLM(cfg).num_parameters()
 
 

@@ -16,7 +16,7 @@ from lmrnn.config import TrainConfig, load_config
 from lmrnn.console import TrainingProgress
 from lmrnn.errors import UserError
 from lmrnn.models import RNNLM
-from lmrnn.train import budget_progress, learning_rate, loss_jumped, train
+from lmrnn.train import budget_progress, learning_rate, loss_jumped, train, window_length
 from tests.conftest import REPO
 
 QUIET = TrainingProgress(enabled=False)
@@ -41,6 +41,36 @@ def test_budget_is_the_nearest_limit():
     assert budget_progress(cfg, 10, 3.0, 30.0) == 0.75
     assert budget_progress(cfg, 10, 0.1, 90.0) == 0.75
     assert budget_progress(TrainConfig(epochs=0, max_steps=8), 2, 5.0, 1e9) == 0.25
+
+
+def test_variable_window_lengths_follow_merity_and_are_fixed_by_seed_and_step():
+    assert {window_length(TrainConfig(bptt=70), 1, step) for step in range(50)} == {70}
+    cfg = TrainConfig(bptt=70, variable_bptt=True)
+    lengths = [window_length(cfg, 1, step) for step in range(4000)]
+    assert lengths == [window_length(cfg, 1, step) for step in range(4000)]  # any rank, any resume
+    assert lengths != [window_length(cfg, 2, step) for step in range(4000)]
+    assert 5 <= min(lengths) and max(lengths) <= 110
+    halves = sum(length < 52 for length in lengths) / len(lengths)  # the bptt / 2 draws: N(35, 5)
+    assert 0.03 < halves < 0.07
+    full = [length for length in lengths if length >= 52]
+    assert abs(sum(full) / len(full) - 69.5) < 0.5  # int() of N(70, 5) rounds towards zero
+    assert window_length(TrainConfig(bptt=6, variable_bptt=True), 3, 0) >= 5
+
+
+def test_variable_bptt_scales_the_rate_by_the_window_and_covers_each_epoch_once(corpus_dir, tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_cfg(corpus_dir, "train.variable_bptt=true", "train.bptt=20", "train.lr_schedule=constant",
+                   "train.log_every=1", "train.max_steps=0", "train.epochs=2", "train.eval_every=0", "train.save_every=0")
+    summary = train(cfg, run, progress=QUIET)
+    columns = summary["train_tokens"] // (2 * cfg.train.batch_size)  # two whole passes over (B, columns)
+    expected, position = [], 0
+    for step in range(summary["steps"]):  # the windows by hand: each epoch's last one cut at the end
+        length = min(window_length(cfg.train, cfg.seed, step), columns - position)
+        expected.append(cfg.train.lr * length / 20)
+        position = (position + length) % columns
+    assert position == 0 and summary["epochs"] == 2.0
+    logged = [r["lr"] for r in checkpoint.read_metrics(run) if r["event"] == "train"]
+    assert logged == pytest.approx(expected)
 
 
 def test_a_run_directory_is_complete_and_consistent(tiny_run):
@@ -201,12 +231,25 @@ SLOW_TINY = [*("--config", REPO / "configs" / "tiny.yaml"), "-s", "device=cpu", 
              "-s", "train.eval_every=40", "-s", "train.log_every=3"]
 
 
-def test_sigkill_at_an_arbitrary_step_then_resume_is_bit_identical(corpus_dir, tmp_path):
+# every AWD-LSTM technique at once, NT-ASGD averaging from the second evaluation (step 10)
+AWD = ["-s", "model.layer_norm=true", "-s", "model.locked_dropout=true", "-s", "model.embedding_dropout=0.1",
+       "-s", "model.weight_drop=0.3", "-s", "train.variable_bptt=true", "-s", "train.ar=1", "-s", "train.tar=1",
+       "-s", "train.optimizer=nt_asgd", "-s", "train.lr=1", "-s", "train.asgd_patience=1", "-s", "train.eval_every=5"]
+
+
+@pytest.mark.parametrize("extra", [[], AWD], ids=["plain", "awd"])
+def test_sigkill_at_an_arbitrary_step_then_resume_is_bit_identical(corpus_dir, tmp_path, extra):
     """kill -9 mid-run (mid-write, possibly): resume continues from the last save and ends with
-    the same weights, bit for bit, and the same metrics as a run never stopped."""
-    straight = lmrnn_process("train", corpus_dir, *SLOW_TINY, "--out", tmp_path / "straight")
+    the same weights, bit for bit, and the same metrics as a run never stopped; with AWD's
+    techniques too (window position, dropout masks, the weight average)."""
+    straight = lmrnn_process("train", corpus_dir, *SLOW_TINY, *extra, "--out", tmp_path / "straight")
     assert straight.wait() == 0, straight.stderr.read()
-    killed = lmrnn_process("train", corpus_dir, *SLOW_TINY, "--out", tmp_path / "killed")
+    if extra:
+        events = checkpoint.read_metrics(tmp_path / "straight")
+        started = [r["step"] for r in events if r["event"] == "averaging"]
+        assert len(started) == 1 and started[0] < 53  # averaging is under way when the kill comes
+        assert all(r.get("averaged", False) == (r["step"] > started[0]) for r in events if r.get("split") == "validation")
+    killed = lmrnn_process("train", corpus_dir, *SLOW_TINY, *extra, "--out", tmp_path / "killed")
     wait_for_step(tmp_path / "killed", 53, killed)
     killed.send_signal(signal.SIGKILL)
     assert killed.wait() == -signal.SIGKILL
