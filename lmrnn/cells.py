@@ -84,6 +84,7 @@ class LayerNormRNN(nn.Module):
         self.norm_ih = nn.LayerNorm(width, eps=EPS)
         self.norm_hh = nn.LayerNorm(width, eps=EPS, bias=False)
         self.norm_cell = nn.LayerNorm(hidden_size, eps=EPS) if cell == "lstm" else None
+        self.compiled: bool | None = None  # the step through torch.compile; None = on CUDA only
         bound = 1 / math.sqrt(hidden_size)  # nn.LSTM's initialisation
         nn.init.uniform_(self.weight_ih, -bound, bound)
         nn.init.uniform_(self.weight_hh, -bound, bound)
@@ -94,7 +95,8 @@ class LayerNormRNN(nn.Module):
     def forward(self, x: torch.Tensor, state=None):
         B, T = x.shape[:2]
         gates_x = self.norm_ih(F.linear(x, self.weight_ih))  # (B, T, G*H): every step in one matmul
-        step = compiled(STEPS[self.cell]) if x.is_cuda else STEPS[self.cell]  # fused on CUDA; see above
+        fused = x.is_cuda if self.compiled is None else self.compiled  # see the module's notes on speed
+        step = compiled(STEPS[self.cell]) if fused else STEPS[self.cell]
         weight_hh = self.weight_hh.to(gates_x.dtype)
         zeros = gates_x.new_zeros(B, self.hidden_size)
         outputs = []

@@ -61,20 +61,22 @@ class RNNLM(nn.Module):
             # (Jozefowicz, Zaremba & Sutskever 2015). PyTorch gate order: input, forget, cell, output;
             # the two bias vectors add, so one gets 1 and the other 0.
             H = self.cfg.hidden_size
-            for module, name in self.recurrent_weights("bias_ih"):
-                with torch.no_grad():
-                    getattr(module, name)[H:2 * H].fill_(1.0)
-                    getattr(module, name.replace("_ih", "_hh"))[H:2 * H].zero_()
+            for module in self.recurrent_modules:
+                for name, bias in module.named_parameters():
+                    with torch.no_grad():
+                        if name.startswith("bias_ih"):
+                            bias[H:2 * H].fill_(1.0)
+                        elif name.startswith("bias_hh"):
+                            bias[H:2 * H].zero_()
 
-    def recurrent_weights(self, prefix: str) -> list[tuple[nn.Module, str]]:
-        """(module, parameter name) of every recurrent parameter whose name starts with `prefix`
-        (weight_ih, weight_hh, bias_ih), bottom layer first, for either layout of the stack."""
-        modules = [self.rnn] if self.layers is None else list(self.layers)
-        return [(m, name) for m in modules for name, _ in m.named_parameters() if name.startswith(prefix)]
+    @property
+    def recurrent_modules(self) -> list[nn.Module]:
+        """The one multi-layer module, or the layers one by one, bottom first."""
+        return [self.rnn] if self.layers is None else list(self.layers)
 
     def flatten_parameters(self) -> None:
         """cuDNN wants each RNN's weights in one contiguous buffer after a move to the GPU."""
-        for module in [self.rnn] if self.layers is None else self.layers:
+        for module in self.recurrent_modules:
             if isinstance(module, nn.RNNBase):
                 module.flatten_parameters()
 

@@ -3,7 +3,10 @@
     train stream (B rows)   row b: ... | window k (T tokens) | window k+1 | ...
     each step: logits, h = model(x_k, h)      h carried from window k-1, detached
                loss = CE(logits, y_k)         y_k = x_k shifted by one token
-               backward -> clip global grad norm -> optimizer step
+               backward of loss + AR/TAR -> clip global grad norm -> optimizer step
+               (nt_asgd, once triggered: fold the new weights into their running average)
+
+T is train.bptt, or drawn per step around it with train.variable_bptt (window_length).
 
 Under torchrun, rank r of R trains rows [r B/R, (r+1) B/R) with its own carried hidden state,
 DistributedDataParallel averages the gradients (each rank's loss is a mean over the same number
@@ -197,7 +200,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
             model.load_state_dict(saved.pop("model"))
             optimizer.load_state_dict(saved.pop("optimizer"))
             average.load_state_dict(saved.pop("average", {"average": None, "count": 0}))
-            if "window" in saved:  # saved by lmrnn < 0.5: windows of a fixed bptt
+            if "window" in saved:  # saved before run format 5: a window index, of a fixed bptt
                 saved["position"] = saved.pop("window") * tc.bptt
             rngs = saved.pop("rng_ranks", None)
             set_rng_state(saved.pop("rng") if not rngs or len(rngs) != ranks.size else rngs[ranks.rank])

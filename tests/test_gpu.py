@@ -55,3 +55,48 @@ def test_torchrun_one_gpu_nccl_smoke(corpus_dir, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["device"] == "cuda" and summary["processes"] == 1 and summary["best_val_ppl"] < 300
+
+
+def test_layer_norm_cells_compiled_on_cuda_match_the_cpu(tmp_path):
+    """On CUDA the layer-normalised step is compiled: same values as the plain CPU loop (fp32),
+    and it trains under bf16 autocast."""
+    from lmrnn.cells import LayerNormRNN
+
+    for cell in ("lstm", "gru", "rnn"):
+        torch.manual_seed(0)
+        layer = LayerNormRNN(cell, 16, 32)
+        x = torch.randn(4, 9, 16)
+        expected, _ = layer(x)
+        got, _ = layer.cuda()(x.cuda())
+        torch.testing.assert_close(got.cpu(), expected, rtol=0, atol=1e-4)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out, _ = layer(x.cuda())
+        out.float().pow(2).mean().backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())
+
+
+def test_weight_drop_on_cudnn_warns_nothing_and_trains_every_layer(corpus_dir, tmp_path):
+    """functional_call hands cuDNN the dropped matrices: no flatten_parameters error, no
+    'non-contiguous weights' warning, gradients on every recurrent matrix, bf16 autocast."""
+    import warnings
+
+    from lmrnn.config import ModelConfig
+    from lmrnn.models import RNNLM
+
+    for locked in (False, True):
+        model = RNNLM(ModelConfig(vocab_size=50, embedding_dim=32, hidden_size=32, num_layers=2, weight_drop=0.5,
+                                  locked_dropout=locked)).cuda().train()
+        model.flatten_parameters()
+        with warnings.catch_warnings(record=True) as caught, torch.autocast("cuda", dtype=torch.bfloat16):
+            warnings.simplefilter("always")
+            logits, _ = model(torch.randint(0, 50, (4, 10), device="cuda"))
+        logits.float().mean().backward()
+        assert not [w for w in caught if "contiguous" in str(w.message)]
+        assert all(p.grad.abs().sum() > 0 for m in model.recurrent_modules
+                   for name, p in m.named_parameters() if name.startswith("weight_hh"))
+    cfg = load_config(REPO / "configs" / "ptb-awd-lstm.yaml",
+                      [f"data.source={corpus_dir}", "device=cuda", "tokenizer.model_type=bpe", "tokenizer.vocab_size=300",
+                       "model.hidden_size=64", "model.embedding_dim=32", "train.batch_size=8", "train.eval_batch_size=8",
+                       "train.bptt=16", "train.epochs=0", "train.max_minutes=0", "train.max_steps=30", "train.eval_every=10"])
+    summary = train(cfg, tmp_path / "awd", progress=TrainingProgress(enabled=False))
+    assert summary["device"] == "cuda" and summary["best_val_ppl"] < 300

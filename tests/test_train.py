@@ -114,6 +114,19 @@ def test_interrupt_then_resume_matches_an_uninterrupted_run(corpus_dir, tmp_path
     b = checkpoint.load_train_state(tmp_path / "stopped")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
+    # a state saved before run format 5 counts windows, not positions, and has no weight average
+    old = tmp_path / "old"
+    monkeypatch.setattr(checkpoint, "append_metrics", interrupt_at_13)
+    train(tiny_cfg(corpus_dir, *cfg), old, progress=QUIET)
+    monkeypatch.setattr(checkpoint, "append_metrics", append)
+    state = checkpoint.load_train_state(old)
+    state["window"] = state.pop("position") // 16  # bptt 16
+    del state["average"], state["val_losses"]
+    checkpoint.save_train_state(old, state)
+    train(checkpoint.resume_config(old, [], {}), old, resume=True, progress=QUIET)
+    c = checkpoint.load_train_state(old)["model"]
+    assert all(torch.equal(a[k], c[k]) for k in a)
+
 
 def test_resume_refuses_a_finished_run_until_the_budget_grows(tiny_run, tmp_path):
     import shutil
