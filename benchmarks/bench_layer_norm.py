@@ -78,7 +78,7 @@ def main() -> None:
     for cell in ("lstm", "gru"):
         ln, other = stack("ln", cell, args.size, device), stack("ln", cell, args.size, device)
         for layer in other:
-            layer.compiled = not here_compiled
+            layer.compile_steps = not here_compiled
         variants = {"torch": stack("torch", cell, args.size, device), "ln": ln, "ln-other": other}
         warm = {}
         for name, model in variants.items():  # warm-up untimed; compiling happens here

@@ -31,28 +31,25 @@ PTB = ROOT.parent / "shared" / "corpora" / "ptb"
 RUNS = ROOT / "checkpoints" / "ptb-ablations"
 RESULTS = ROOT / "benchmarks" / "results" / "ptb-ablations"
 
-# variant -> overrides of configs/ptb-cpu.yaml; "off" rows switch one technique off, the last
-# two rows put in the techniques the preset leaves out
+# variant -> overrides of configs/ptb-cpu.yaml: the preset, everything off, then each technique
+# switched off once, and layer norm, which the preset leaves out, switched on. (NT-ASGD is not
+# among them: SGD at lr 30 with averaging needs far more epochs than this budget holds; it is
+# the GPU preset's optimizer.)
 VARIANTS = {
     "preset": [],
     "unregularised": ["model.dropout=0", "model.locked_dropout=false", "model.embedding_dropout=0",
                       "model.weight_drop=0", "train.ar=0", "train.tar=0", "train.variable_bptt=false"],
-    "- locked dropout": ["model.locked_dropout=false"],  # the same rate, a new mask every step
-    "- embedding dropout": ["model.embedding_dropout=0"],
     "- weight drop": ["model.weight_drop=0"],
-    "- AR": ["train.ar=0"],
-    "- TAR": ["train.tar=0"],
+    "- AR/TAR": ["train.ar=0", "train.tar=0"],
+    "- embedding dropout": ["model.embedding_dropout=0"],
     "- variable BPTT": ["train.variable_bptt=false"],
-    "- weight tying": ["model.tie_weights=false"],
+    "- locked dropout": ["model.locked_dropout=false"],  # the same rate, a new mask at every step
     "+ layer norm": ["model.layer_norm=true"],
-    "NT-ASGD (SGD lr 30)": ["train.optimizer=nt_asgd", "train.lr=30", "train.lr_schedule=constant",
-                            "train.weight_decay=1.2e-6", "train.warmup_steps=0", "train.clip_grad_norm=0.25",
-                            "train.eval_every=330"],
 }
 
 
 def folder(variant: str) -> Path:
-    return RUNS / variant.replace("- ", "no-").replace("+ ", "with-").replace(" ", "-").replace("(", "").replace(")", "")
+    return RUNS / variant.replace("- ", "no-").replace("+ ", "with-").replace(" ", "-").replace("/", "-")
 
 
 def command(variant: str, core: int) -> list[str]:

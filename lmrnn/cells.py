@@ -16,9 +16,11 @@ carries the bias (LN_hh has gain only, its bias would only add to LN_ih's).
 Speed: the input half, LN_ih(W_ih x), is one matmul and one norm over all T steps; only
 h_{t-1} -> gates runs step by step. On CUDA each step is compiled (torch.compile), which fuses
 the gate maths and the norms into a few kernels instead of a dozen launches per step, forward
-and backward. On the CPU the plain step is faster: with 2 cores, at 2 x 650 and batch 20, the
-compiled step was 39% slower and TorchScript (deprecated since) 23% slower, and compiling a
-whole window costs over a minute per window length (benchmarks/bench_layer_norm.py).
+and backward. On the CPU, where launches cost nothing, compiling does not pay: at 2 x 650,
+batch 20 on 2 cores the compiled step ran at 1.01x (LSTM) and 0.91x (GRU) the plain one, and
+these layers at 0.51x (LSTM) and 0.80x (GRU) the speed of nn.LSTM / nn.GRU
+(benchmarks/bench_layer_norm.py). Compiling a whole window instead would recompile for every
+window length.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ class LayerNormRNN(nn.Module):
         self.norm_ih = nn.LayerNorm(width, eps=EPS)
         self.norm_hh = nn.LayerNorm(width, eps=EPS, bias=False)
         self.norm_cell = nn.LayerNorm(hidden_size, eps=EPS) if cell == "lstm" else None
-        self.compiled: bool | None = None  # the step through torch.compile; None = on CUDA only
+        self.compile_steps: bool | None = None  # each step through torch.compile; None = on CUDA only
         bound = 1 / math.sqrt(hidden_size)  # nn.LSTM's initialisation
         nn.init.uniform_(self.weight_ih, -bound, bound)
         nn.init.uniform_(self.weight_hh, -bound, bound)
@@ -93,9 +95,10 @@ class LayerNormRNN(nn.Module):
                 self.norm_ih.bias[hidden_size:2 * hidden_size].fill_(1.0)
 
     def forward(self, x: torch.Tensor, state=None):
+        """x (B, T, in), state (1, B, H) or for the LSTM (h, c), None = zeros -> (B, T, H), state."""
         B, T = x.shape[:2]
         gates_x = self.norm_ih(F.linear(x, self.weight_ih))  # (B, T, G*H): every step in one matmul
-        fused = x.is_cuda if self.compiled is None else self.compiled  # see the module's notes on speed
+        fused = x.is_cuda if self.compile_steps is None else self.compile_steps  # see the module's notes
         step = compiled(STEPS[self.cell]) if fused else STEPS[self.cell]
         weight_hh = self.weight_hh.to(gates_x.dtype)
         zeros = gates_x.new_zeros(B, self.hidden_size)
