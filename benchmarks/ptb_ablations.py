@@ -10,7 +10,7 @@ variant's overrides, into checkpoints/ptb-ablations/<variant>. Runs go --paralle
 each pinned to its own core (taskset) with one thread, so that every run gets the same CPU and
 none slows another. A run that finished is kept, one that was stopped is resumed (the budget
 clock is in train_state.pt), so the script can be stopped and started again at any time.
-Prints the table and writes benchmarks/results/ptb-ablations/{results.json,report.md}.
+Prints the table and writes benchmarks/results/ptb-ablations/{results.json,report.md,curves.png}.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from lmrnn.checkpoint import read_metrics
+from lmrnn.report import plot_learning_curves
 
 ROOT = Path(__file__).resolve().parent.parent
 PTB = ROOT.parent / "shared" / "corpora" / "ptb"
@@ -110,6 +113,8 @@ def report(variants: list[str]) -> None:
     print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "report.md").write_text(table + "\n")
+    plot_learning_curves([(r["variant"], r["variant"], read_metrics(folder(r["variant"]))) for r in rows],
+                         RESULTS / "curves.png")
     (RESULTS / "results.json").write_text(json.dumps({
         "rows": rows, "config": "configs/ptb-cpu.yaml", "threads_per_run": 1, "date": datetime.date.today().isoformat(),
         "machine": platform.machine(), "cores": os.cpu_count(), "python": platform.python_version()}, indent=2))
