@@ -91,6 +91,13 @@ def test_two_processes_match_one_with_awd_techniques(reference):
     assert_same_run(root / "awd-one", root / "awd-two")
     started = [e for e in checkpoint.read_metrics(root / "awd-two") if e["event"] == "averaging"]
     assert started == [e for e in checkpoint.read_metrics(root / "awd-one") if e["event"] == "averaging"] != []
+    # the random ones train under DDP too: weight drop's functional_call keeps the gradient hooks
+    train(2, corpus, root / "awd-random", *awd, "-s", "model.weight_drop=0.5", "-s", "model.embedding_dropout=0.1",
+          "-s", "model.dropout=0.3")
+    final = checkpoint.load_train_state(root / "awd-random")["model"]
+    trained = checkpoint.load_train_state(root / "awd-one")["model"]
+    assert all(torch.isfinite(v).all() for v in final.values())
+    assert not torch.equal(final["layers.0.weight_hh"], trained["layers.0.weight_hh"])
 
 
 def test_a_distributed_run_resumes_exactly(reference):
