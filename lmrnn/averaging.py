@@ -37,7 +37,9 @@ class WeightAverage:
     def update(self) -> None:
         """Fold in the current weights (call after each optimizer step once started)."""
         self.count += 1
-        torch._foreach_lerp_(self.average, [p.detach() for p in self.params], 1.0 / self.count)
+        with torch.no_grad():
+            for average, param in zip(self.average, self.params):
+                average.lerp_(param, 1.0 / self.count)
 
     @contextlib.contextmanager
     def applied(self):
@@ -46,13 +48,16 @@ class WeightAverage:
             yield
             return
         raw = [p.detach().clone() for p in self.params]
-        with torch.no_grad():
-            torch._foreach_copy_([p.data for p in self.params], self.average)
+        self._copy_into_params(self.average)
         try:
             yield
         finally:
-            with torch.no_grad():
-                torch._foreach_copy_([p.data for p in self.params], raw)
+            self._copy_into_params(raw)
+
+    def _copy_into_params(self, values: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for param, value in zip(self.params, values):
+                param.copy_(value)
 
     def state_dict(self) -> dict:
         return {"average": None if self.average is None else [t.cpu() for t in self.average], "count": self.count}

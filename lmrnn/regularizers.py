@@ -1,7 +1,7 @@
 """The regularisers of AWD-LSTM (Merity, Keskar & Socher 2017, "Regularizing and Optimizing LSTM
-Language Models"), as plain functions of tensors and modules: each is the identity (or zero)
-outside training, and each keeps the expected activation the same at training time by scaling
-what it keeps by 1 / (1 - p).
+Language Models"), as plain functions of tensors and modules. Each dropout is the identity
+outside training and keeps the expected activation at training time by scaling what it keeps by
+1 / (1 - p); the activation penalties only ever enter the training loss.
 """
 
 from __future__ import annotations
