@@ -262,3 +262,15 @@ def test_sigterm_saves_and_exits_143_and_the_run_resumes(corpus_dir, tmp_path):
     resumed = lmrnn_process("train", "--resume", "--out", run)
     assert resumed.wait() == 0, resumed.stderr.read()
     assert json.loads((run / "summary.json").read_text())["steps"] == 150
+
+
+@pytest.mark.parametrize("preset", ["ptb-cpu.yaml", "ptb-awd-lstm.yaml"])
+def test_the_ptb_presets_train_at_a_small_size(corpus_dir, tmp_path, preset):
+    """Every technique the presets switch on runs together (shrunk to seconds on the CPU)."""
+    cfg = load_config(REPO / "configs" / preset, [
+        f"data.source={corpus_dir}", "device=cpu", "tokenizer.model_type=bpe", "tokenizer.vocab_size=300",
+        "model.embedding_dim=16", "model.hidden_size=24", "train.batch_size=4", "train.eval_batch_size=4",
+        "train.bptt=12", "train.epochs=0", "train.max_minutes=0", "train.max_steps=12", "train.eval_every=6",
+        "train.warmup_steps=0"])
+    summary = train(cfg, tmp_path / "run", progress=QUIET)
+    assert summary["steps"] == 12 and math.isfinite(summary["test_ppl"]) and summary["skipped_steps"] == 0
