@@ -96,8 +96,10 @@ class LayerNormRNN(nn.Module):
 
     def forward(self, x: torch.Tensor, state=None):
         """x (B, T, in), state (1, B, H) or for the LSTM (h, c), None = zeros -> (B, T, H), state."""
-        B, T = x.shape[:2]
+        B = x.size(0)
         gates_x = self.norm_ih(F.linear(x, self.weight_ih))  # (B, T, G*H): every step in one matmul
+        # unbind, not gates_x[:, t]: the backward of T selects would build T full-size zero
+        # gradients (quadratic in T); unbind's is one stack
         fused = x.is_cuda if self.compile_steps is None else self.compile_steps  # see the module's notes
         step = compiled(STEPS[self.cell]) if fused else STEPS[self.cell]
         weight_hh = self.weight_hh.to(gates_x.dtype)
@@ -105,12 +107,12 @@ class LayerNormRNN(nn.Module):
         outputs = []
         if self.cell == "lstm":
             h, c = (zeros, zeros) if state is None else (state[0][0].to(zeros.dtype), state[1][0].to(zeros.dtype))
-            for t in range(T):
-                h, c = step(gates_x[:, t], h, c, weight_hh, self.norm_hh.weight, self.norm_cell.weight, self.norm_cell.bias)
+            for gates_t in gates_x.unbind(1):
+                h, c = step(gates_t, h, c, weight_hh, self.norm_hh.weight, self.norm_cell.weight, self.norm_cell.bias)
                 outputs.append(h)
             return torch.stack(outputs, 1), (h.unsqueeze(0), c.unsqueeze(0))
         h = zeros if state is None else state[0].to(zeros.dtype)
-        for t in range(T):
-            h = step(gates_x[:, t], h, weight_hh, self.norm_hh.weight)
+        for gates_t in gates_x.unbind(1):
+            h = step(gates_t, h, weight_hh, self.norm_hh.weight)
             outputs.append(h)
         return torch.stack(outputs, 1), h.unsqueeze(0)
