@@ -17,8 +17,8 @@ Speed: the input half, LN_ih(W_ih x), is one matmul and one norm over all T step
 h_{t-1} -> gates runs step by step. On CUDA each step is compiled (torch.compile), which fuses
 the gate maths and the norms into a few kernels instead of a dozen launches per step, forward
 and backward. On the CPU, where launches cost nothing, compiling does not pay: at 2 x 650,
-batch 20 on 2 cores the compiled step ran at 1.01x (LSTM) and 0.91x (GRU) the plain one, and
-these layers at 0.51x (LSTM) and 0.80x (GRU) the speed of nn.LSTM / nn.GRU
+batch 20 on 2 cores the compiled step ran at 0.99x (LSTM) and 0.95x (GRU) the plain one, and
+these layers at 0.53x (LSTM) and 0.97x (GRU) the speed of nn.LSTM / nn.GRU
 (benchmarks/bench_layer_norm.py). Compiling a whole window instead would recompile for every
 window length.
 """
