@@ -214,16 +214,22 @@ def table_rows(results: dict) -> list[list[str]]:
     return rows
 
 
+# the settings beyond the plain model that a report names when they are on
+REGULARISERS = ("model.locked_dropout", "model.embedding_dropout", "model.weight_drop", "model.layer_norm",
+                "train.ar", "train.tar", "train.variable_bptt")
+
+
 def report_markdown(results: dict) -> str:
     c = results["config"]
     budget = ", ".join(f"{k.split('.')[1]} {c[k]}" for k in ("train.max_steps", "train.max_minutes", "train.epochs") if c[k])
     seeds = results["seeds"]
+    extras = ", ".join(key.split(".")[1] + ("" if c[key] is True else f" {c[key]}") for key in REGULARISERS if c.get(key))
     return (
         f"# {', '.join(results['cells'])} on {results['corpus']}\n\n"
         f"Budget per run: {budget}. Batch {c['train.batch_size']} x BPTT {c['train.bptt']}, "
         f"{c['train.optimizer']} lr {c['train.lr']} ({c['train.lr_schedule']}), clip {c['train.clip_grad_norm']}, "
         f"{c['model.num_layers']} layers, embedding {c['model.embedding_dim']}, dropout {c['model.dropout']}, "
-        f"tokenizer {c['tokenizer.model_type']} {results['vocab_size']} (shared by all runs). "
+        f"{extras + ', ' if extras else ''}tokenizer {c['tokenizer.model_type']} {results['vocab_size']} (shared by all runs). "
         f"Hidden sizes: --match {results['match']} (reference {results['reference']}). "
         f"Seeds {', '.join(map(str, seeds))}: figures are mean ± sample standard deviation"
         f"{'' if len(seeds) > 1 else ' (one seed: no spread)'}.\n\n"

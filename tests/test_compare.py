@@ -7,7 +7,7 @@ import pytest
 from safetensors.torch import load_file
 
 from lmrnn import checkpoint
-from lmrnn.compare import CURVES, REPORT, RESULTS, aggregate, compare, matched_hidden_size, parse_cells, parse_seeds, plan_sizes
+from lmrnn.compare import CURVES, REPORT, RESULTS, aggregate, compare, matched_hidden_size, parse_cells, parse_seeds, plan_sizes, report_markdown
 from lmrnn.config import load_config
 from lmrnn.console import ComparisonProgress
 from lmrnn.errors import UserError
@@ -115,6 +115,9 @@ def test_compare_writes_everything_and_resumes_an_interrupted_comparison(tmp_pat
     report = (out / REPORT).read_text()
     assert "| rnn |" in report and "| gru |" in report and "± " in report and f"]({CURVES})" in report
     assert (out / CURVES).read_bytes().startswith(PNG)
+    assert "weight_drop" not in report  # a plain comparison names no regulariser
+    saved["config"].update({"model.weight_drop": 0.3, "model.layer_norm": True})
+    assert "dropout 0.0, weight_drop 0.3, layer_norm, tokenizer" in report_markdown(saved)
 
 
 def test_compare_refuses_a_folder_with_other_contents(tmp_path):
