@@ -36,11 +36,15 @@ GATES = {"rnn": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}
 EPS = 1e-5
 
 
+def recurrent_gates(h: torch.Tensor, weight_hh: torch.Tensor, gain_hh: torch.Tensor) -> torch.Tensor:
+    """LN_hh(W_hh h_{t-1}): h (B, H) -> (B, G*H), the half of every cell's step that recurs."""
+    return F.layer_norm(h @ weight_hh.t(), (weight_hh.size(0),), gain_hh, None, EPS)
+
+
 def lstm_step(gates_x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, weight_hh: torch.Tensor,
               gain_hh: torch.Tensor, gain_c: torch.Tensor, bias_c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One step: gates_x (B, 4H) = LN_ih(W_ih x_t), h and c (B, H) -> h, c."""
-    gates = gates_x + F.layer_norm(h @ weight_hh.t(), (weight_hh.size(0),), gain_hh, None, EPS)
-    i, f, g, o = gates.chunk(4, 1)
+    i, f, g, o = (gates_x + recurrent_gates(h, weight_hh, gain_hh)).chunk(4, 1)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     return torch.sigmoid(o) * torch.tanh(F.layer_norm(c, (c.size(1),), gain_c, bias_c, EPS)), c
 
@@ -48,7 +52,7 @@ def lstm_step(gates_x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, weight_hh
 def gru_step(gates_x: torch.Tensor, h: torch.Tensor, weight_hh: torch.Tensor, gain_hh: torch.Tensor) -> torch.Tensor:
     """One step: gates_x (B, 3H), h (B, H) -> h."""
     r_x, z_x, n_x = gates_x.chunk(3, 1)
-    r_h, z_h, n_h = F.layer_norm(h @ weight_hh.t(), (weight_hh.size(0),), gain_hh, None, EPS).chunk(3, 1)
+    r_h, z_h, n_h = recurrent_gates(h, weight_hh, gain_hh).chunk(3, 1)
     r = torch.sigmoid(r_x + r_h)
     z = torch.sigmoid(z_x + z_h)
     n = torch.tanh(n_x + r * n_h)
@@ -56,13 +60,11 @@ def gru_step(gates_x: torch.Tensor, h: torch.Tensor, weight_hh: torch.Tensor, ga
 
 
 def rnn_step(gates_x: torch.Tensor, h: torch.Tensor, weight_hh: torch.Tensor, gain_hh: torch.Tensor) -> torch.Tensor:
-    pre = gates_x + F.layer_norm(h @ weight_hh.t(), (weight_hh.size(0),), gain_hh, None, EPS)
-    return torch.tanh(pre)
+    return torch.tanh(gates_x + recurrent_gates(h, weight_hh, gain_hh))
 
 
 def relu_rnn_step(gates_x: torch.Tensor, h: torch.Tensor, weight_hh: torch.Tensor, gain_hh: torch.Tensor) -> torch.Tensor:
-    pre = gates_x + F.layer_norm(h @ weight_hh.t(), (weight_hh.size(0),), gain_hh, None, EPS)
-    return torch.relu(pre)
+    return torch.relu(gates_x + recurrent_gates(h, weight_hh, gain_hh))
 
 
 STEPS = {"lstm": lstm_step, "gru": gru_step, "rnn": rnn_step, "rnn_relu": relu_rnn_step}
