@@ -1,3 +1,3 @@
-from lmrnn.cli import app
+from lmrnn.cli import run
 
-app(prog_name="lmrnn")
+run()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import math
 import os
 import stat
@@ -126,6 +127,27 @@ def train(
         stderr.print(f"stopped ({summary['stopped_by']}): continue with  lmrnn train --resume --out {run_dir}",
                      soft_wrap=True, highlight=False)
         raise typer.Exit(STOP_EXIT_CODES[summary["stopped_by"]])
+
+
+def run() -> None:
+    """The entry point of `lmrnn` and `python -m lmrnn`.
+
+    A torchrun worker leaves with os._exit once everything is written and flushed, skipping the
+    interpreter's finalization. Why: the gloo and autograd threads outlive the process group in
+    torch 2.x, and when one of them releases a tensor during finalization, taking the GIL ends it
+    with pthread_exit inside a noexcept destructor. The rank then aborts after a complete run with
+    "terminate called without an active exception" (pytorch/pytorch#190489), now and then, and
+    torchrun reports the whole run as failed."""
+    try:
+        app(prog_name="lmrnn")
+    except SystemExit as done:
+        if "RANK" not in os.environ:
+            raise
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
 
 
 def _read_text(path: Path) -> str:

@@ -34,6 +34,31 @@ def test_help_and_version():
     assert out.stdout.startswith("lmrnn ")
 
 
+def test_a_torchrun_worker_leaves_without_finalizing_and_keeps_its_exit_code(monkeypatch, capsys):
+    """Under torchrun (RANK set) the process ends through os._exit with the command's exit code;
+    otherwise the SystemExit goes on as usual."""
+    from lmrnn import cli
+
+    class Left(Exception):
+        pass
+
+    def fake_exit(code):
+        raise Left(code)
+
+    monkeypatch.setattr(cli.os, "_exit", fake_exit)
+    for argv, code in ((["lmrnn", "--version"], 0), (["lmrnn", "train", "--no-such-option"], 2)):
+        monkeypatch.setattr(sys, "argv", argv)
+        monkeypatch.delenv("RANK", raising=False)
+        with pytest.raises(SystemExit) as done:
+            cli.run()
+        assert done.value.code == code
+        monkeypatch.setenv("RANK", "1")
+        with pytest.raises(Left) as left:
+            cli.run()
+        assert left.value.args == (code,)
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru", "ffnn"])
 def test_train_generate_eval_end_to_end(cell, tmp_path):
     """The shipped corpus (no DATA), the tiny preset, each cell: train -> generate -> eval."""

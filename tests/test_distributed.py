@@ -78,9 +78,6 @@ def test_two_gloo_processes_match_one_process_step_by_step(reference):
     assert state["hidden"][0].shape[1] == 8 and len(state["rng_ranks"]) == 2  # both ranks' rows and RNGs
 
 
-@pytest.mark.skip(reason="rank 1 sometimes aborts at exit after a complete run ('terminate called without an "
-                         "active exception', gloo teardown), about 1 run in 10 with these settings: under "
-                         "investigation (issue 9); the assertions passed in every run that exited cleanly")
 def test_two_processes_match_one_with_awd_techniques(reference):
     """The deterministic AWD-LSTM parts agree across ranks: window lengths drawn per step (the
     same on every rank), AR/TAR, layer norm, the per-layer stack and NT-ASGD's average (which
