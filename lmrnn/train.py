@@ -39,9 +39,9 @@ from lmrnn.evaluate import figures, score_split
 from lmrnn.models import RNNLM, NgramLM, build_model, detach_hidden
 from lmrnn.ngram import KneserNey
 from lmrnn.regularizers import activation_penalty
-from lmrnn.schedule import budget_progress, learning_rate, window_length
 from lmrnn.runtime import (Ranks, autocast, autocast_dtype, rng_state, seed_everything, set_rng_state, start_ranks,
                            stop_ranks)
+from lmrnn.schedule import budget_progress, learning_rate, window_length
 from lmrnn.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
