@@ -76,6 +76,8 @@ class ModelConfig:
     weight_drop: float = 0.0  # DropConnect on the hidden-to-hidden weights, a new mask per window
     layer_norm: bool = False  # layer-normalised recurrent cells (Ba, Kiros & Hinton 2016)
     tie_weights: bool = True  # decoder shares the embedding matrix (Press & Wolf 2016)
+    # adaptive: the adaptive softmax of Grave et al. 2017 (untied), for vocabularies of 30k and more
+    output: Literal["softmax", "adaptive"] = "softmax"
     vocab_size: int = 0  # derived from the tokenizer when training starts
     order: int = 5  # cell ngram: the n of the Kneser-Ney n-gram model (the other keys do not apply)
     context: int = 5  # cell ffnn: how many previous tokens the feed-forward model sees (Bengio et al. 2003)
@@ -93,6 +95,9 @@ class ModelConfig:
             if recurrent_only:
                 raise UserError(f"model.{recurrent_only[0]} applies to the recurrent cells (rnn, rnn_relu, lstm, "
                                 f"gru), not to cell {self.cell}")
+        if self.output == "adaptive" and self.tie_weights:
+            raise UserError("model.output=adaptive has its own output matrices and cannot share the embedding; "
+                            "set model.tie_weights=false")
         if not 1 <= self.order <= 10:
             raise UserError(f"model.order must be between 1 and 10, got {self.order}")
         if self.context < 1:
@@ -129,7 +134,8 @@ class TrainConfig:
     save_minutes: float = 10.0  # also save when this many minutes passed since the last save; 0 = off
     max_bad_steps: int = 10  # stop after this many steps in a row with a non-finite loss or gradient
     log_every: int = 50
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on capable CUDA
+    # auto = bf16 autocast on capable CUDA; fp16 = autocast with a gradient scaler, for GPUs without bf16
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
     def __post_init__(self) -> None:
         for key in ("batch_size", "eval_batch_size", "bptt", "log_every", "max_bad_steps", "asgd_patience"):
@@ -173,12 +179,13 @@ RESUMABLE_KEYS = {"train.epochs", "train.max_steps", "train.max_minutes", "devic
 
 # Version of the config.yaml written into a run directory. Each step up names the keys it added
 # and the values that reproduce the older behaviour, so older runs load (and resume) unchanged.
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 ADDED_IN_FORMAT = {2: {"train.save_minutes": 0.0, "train.max_bad_steps": 10}, 3: {"model.order": 5, "model.context": 5},
                    4: {"data.streaming": False},
                    5: {"model.locked_dropout": False, "model.embedding_dropout": 0.0, "model.weight_drop": 0.0,
                        "model.layer_norm": False, "train.variable_bptt": False, "train.asgd_patience": 5,
-                       "train.ar": 0.0, "train.tar": 0.0}}
+                       "train.ar": 0.0, "train.tar": 0.0},
+                   6: {"model.output": "softmax"}}
 
 
 def migrate(raw: dict, version: int) -> dict:

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from lmrnn import checkpoint
-from lmrnn.data import IGNORE_INDEX, Corpus, Split, batchify, load_split, windows
+from lmrnn.data import IGNORE_INDEX, Corpus, Split, as_long, batchify, load_split, windows
 from lmrnn.errors import UserError
 from lmrnn.models import RNNLM, NgramLM
 from lmrnn.runtime import Ranks, autocast, resolve_device
@@ -47,23 +46,22 @@ class EvalResult:
 def token_nll(model: RNNLM, x: torch.Tensor, y: torch.Tensor, bptt: int,
               amp_dtype: torch.dtype | None = None) -> torch.Tensor:
     """NLL (nats) of every target of x, y (B, L) as a (B, L) float32 CPU tensor, the hidden
-    state carried from window to window; 0 where the target is padding (IGNORE_INDEX)."""
+    state carried from window to window; 0 where the target is padding (IGNORE_INDEX). The ids
+    go to the device once and the NLL comes back once: no host copy or wait per window."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    x, y = as_long(x).to(device), as_long(y).to(device)
     # filled in place: a small tensor kept per window would sit between the large freed ones
     # and fragment the CPU heap (glibc), which grew by ~20 MB per window before
-    losses = torch.empty(x.shape, dtype=torch.float32)  # (B, L)
+    losses = torch.empty(x.shape, dtype=torch.float32, device=device)  # (B, L)
     hidden = None
     with torch.inference_mode():
         for offset, (xw, yw) in zip(range(0, x.shape[1], bptt), windows(x, y, bptt)):
-            xw, yw = xw.to(device, non_blocking=True), yw.to(device, non_blocking=True)
             with autocast(device, amp_dtype):
-                logits, hidden = model(xw, hidden)  # (B, T, V)
-            losses[:, offset:offset + xw.size(1)] = F.cross_entropy(
-                logits.float().transpose(1, 2), yw, ignore_index=IGNORE_INDEX, reduction="none")  # (B, T)
+                losses[:, offset:offset + xw.size(1)], hidden = model.token_nll(xw, yw, hidden)  # (B, T)
     model.train(was_training)
-    return losses
+    return losses.cpu()
 
 
 def evaluate_nll(model: RNNLM, x: torch.Tensor, y: torch.Tensor, bptt: int,

@@ -1,7 +1,9 @@
 """RNNLM: embedding -> stacked RNN / LSTM / GRU -> dropout -> decoder, batch-first.
 
-The model knows nothing of tokenizers or corpora: it takes `vocab_size` and returns raw logits;
-the loss (F.cross_entropy) is computed outside it.
+The model knows nothing of tokenizers or corpora: it takes `vocab_size`. Called with ids it
+returns raw logits (B, T, V); called with targets too it returns their mean NLL instead, from
+the decoder's own loss (lmrnn.softmax), which never keeps (B, T, V) logits for backward. The loss
+sits inside forward so that DistributedDataParallel sees the decoder used in its forward.
 """
 
 from __future__ import annotations
@@ -14,11 +16,60 @@ from lmrnn.cells import GATES, LayerNormRNN
 from lmrnn.config import ModelConfig
 from lmrnn.ngram import KneserNey
 from lmrnn.regularizers import LockedDropout, embedding_dropout, weight_dropped_call
+from lmrnn.softmax import AdaptiveSoftmax, FullSoftmax, adaptive_parameters
 
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # LSTM carries (h, c), others h
 
 
-class RNNLM(nn.Module):
+class DecodedLM(nn.Module):
+    """What RNNLM and FeedForwardLM share: `_encode` (theirs) -> `decoder` (FullSoftmax or
+    AdaptiveSoftmax), and the three ways to call the pair."""
+
+    def build_decoder(self, cfg: ModelConfig, in_features: int) -> None:
+        # Weight tying (Press & Wolf 2016; Inan et al. 2016): the decoder reuses the embedding
+        # matrix. When H != E a linear projection H -> E bridges the sizes.
+        E, V = cfg.embedding_dim, cfg.vocab_size
+        self.projection = nn.Linear(in_features, E, bias=False) if cfg.tie_weights and in_features != E else None
+        if cfg.output == "adaptive":  # (config: never tied)
+            self.decoder = AdaptiveSoftmax(in_features, V)
+        else:
+            self.decoder = FullSoftmax(E if cfg.tie_weights else in_features, V)
+            if cfg.tie_weights:
+                self.decoder.weight = self.embedding.weight
+        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)  # (after building the decoder: the RNG draws of earlier versions)
+        if cfg.output == "softmax":
+            nn.init.zeros_(self.decoder.bias)
+            if not cfg.tie_weights:
+                nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+
+    def forward(self, ids: torch.Tensor, hidden=None, targets: torch.Tensor | None = None, activations: bool = False):
+        """ids (B, T) -> logits (B, T, V), or with targets (B, T) their mean NLL (a scalar), and
+        the new state. With `activations` (RNNLM), also the top layer's outputs (B, T, H) before
+        and after its dropout, for activation regularisation."""
+        features, hidden, top = self._encode(ids, hidden)
+        out = self.decoder(features) if targets is None else self.decoder.nll(features, targets)
+        return (out, hidden, top) if activations else (out, hidden)
+
+    def token_nll(self, ids: torch.Tensor, targets: torch.Tensor, hidden=None):
+        """Each target's NLL (B, T) float32 (0 where IGNORE_INDEX), and the new state: the
+        evaluation path, no (B, T, V) logits built outside inference mode's chunks."""
+        features, hidden, _ = self._encode(ids, hidden)
+        return self.decoder.nll(features, targets, reduction="none"), hidden
+
+    def encode(self, ids: torch.Tensor, hidden=None):
+        """Everything but the decoder: ids (B, T) -> decoder inputs (B, T, D) and the new state.
+        Lets a caller decode only the positions it needs (the probes decode one of T)."""
+        return self._encode(ids, hidden)[:2]
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # a tied matrix counts once
+
+    @property
+    def device(self) -> torch.device:
+        return self.embedding.weight.device
+
+
+class RNNLM(DecodedLM):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         if cfg.vocab_size < 1:
@@ -42,20 +93,10 @@ class RNNLM(nn.Module):
         else:
             self.rnn = cell(E, H, cfg.num_layers, batch_first=True,
                             dropout=cfg.dropout if cfg.num_layers > 1 else 0.0, **extra)
-        # Weight tying (Press & Wolf 2016; Inan et al. 2016): the decoder reuses the embedding
-        # matrix. When H != E a linear projection H -> E bridges the sizes.
-        tied_projection = cfg.tie_weights and H != E
-        self.projection = nn.Linear(H, E, bias=False) if tied_projection else None
-        self.decoder = nn.Linear(E if cfg.tie_weights else H, V)
-        if cfg.tie_weights:
-            self.decoder.weight = self.embedding.weight
+        self.build_decoder(cfg, H)
         self._init_weights()
 
     def _init_weights(self) -> None:
-        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
-        nn.init.zeros_(self.decoder.bias)
-        if not self.cfg.tie_weights:
-            nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
         if self.cfg.cell == "lstm" and not self.cfg.layer_norm:  # (LayerNormRNN sets its own)
             # Forget-gate bias 1 so the cell state is kept by default early in training
             # (Jozefowicz, Zaremba & Sutskever 2015). PyTorch gate order: input, forget, cell, output;
@@ -80,20 +121,9 @@ class RNNLM(nn.Module):
             if isinstance(module, nn.RNNBase):
                 module.flatten_parameters()
 
-    def forward(self, ids: torch.Tensor, hidden: Hidden | None = None, activations: bool = False):
-        """ids (B, T) -> logits (B, T, V) and the new hidden state ((L, B, H), or a pair for LSTM).
-        `hidden=None` starts from zeros. With `activations`, also the top layer's outputs
-        (B, T, H) before and after its dropout, for activation regularisation."""
-        features, hidden, top = self._encode(ids, hidden)
-        logits = self.decoder(features)  # (B, T, V)
-        return (logits, hidden, top) if activations else (logits, hidden)
-
-    def encode(self, ids: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
-        """Everything but the decoder: ids (B, T) -> decoder inputs (B, T, E or H) and the new
-        state. Lets a caller decode only the positions it needs (the probes decode one of T)."""
-        return self._encode(ids, hidden)[:2]
-
     def _encode(self, ids: torch.Tensor, hidden: Hidden | None):
+        """ids (B, T) -> decoder inputs (B, T, D), the new state ((L, B, H), or a pair for LSTM;
+        None in = zeros), and the top layer's outputs before and after dropout."""
         x = embedding_dropout(self.embedding, ids, self.cfg.embedding_dropout, self.training)
         x = self.dropout(x)  # (B, T, E)
         if self.layers is None:
@@ -124,15 +154,8 @@ class RNNLM(nn.Module):
         top = (hidden[0] if isinstance(hidden, tuple) else hidden)[-1]  # (B, H)
         return self.decoder(self.projection(top) if self.projection is not None else top)
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())  # a tied matrix counts once
 
-    @property
-    def device(self) -> torch.device:
-        return self.embedding.weight.device
-
-
-class FeedForwardLM(nn.Module):
+class FeedForwardLM(DecodedLM):
     """The neural probabilistic LM of Bengio et al. (2003): the embeddings of the previous N
     tokens (model.context), concatenated, through model.num_layers tanh layers, then the decoder
     (tied as in RNNLM). It has RNNLM's interface: its carried "state" is the last N tokens,
@@ -148,23 +171,10 @@ class FeedForwardLM(nn.Module):
         self.embedding = nn.Embedding(V, E)
         self.dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(nn.Linear(N * E if i == 0 else H, H) for i in range(cfg.num_layers))
-        tied_projection = cfg.tie_weights and H != E
-        self.projection = nn.Linear(H, E, bias=False) if tied_projection else None
-        self.decoder = nn.Linear(E if cfg.tie_weights else H, V)
-        if cfg.tie_weights:
-            self.decoder.weight = self.embedding.weight
-        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
-        nn.init.zeros_(self.decoder.bias)
+        self.build_decoder(cfg, H)
 
-    @property
-    def device(self) -> torch.device:
-        return self.embedding.weight.device
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def forward(self, ids: torch.Tensor, hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """ids (B, T) -> logits (B, T, V) and the last N tokens (1, B, N)."""
+    def _encode(self, ids: torch.Tensor, hidden: torch.Tensor | None):
+        """ids (B, T) -> decoder inputs (B, T, D) and the last N tokens (1, B, N)."""
         B, T = ids.shape
         N = self.cfg.context
         if hidden is None:
@@ -179,7 +189,7 @@ class FeedForwardLM(nn.Module):
             x = self.dropout(torch.tanh(layer(x)))  # (B, T, H)
         if self.projection is not None:
             x = self.projection(x)
-        return self.decoder(x), tokens[:, T:].unsqueeze(0)
+        return x, tokens[:, T:].unsqueeze(0), None
 
 
 def build_model(cfg: ModelConfig) -> RNNLM | FeedForwardLM:
@@ -246,7 +256,9 @@ def count_parameters(cfg: ModelConfig) -> int:
         G = GATES[cfg.cell]
         extra = 3 * G * H + (2 * H if cfg.cell == "lstm" else 0) if cfg.layer_norm else 2 * G * H
         recurrent = sum(G * H * ((E if layer == 0 else H) + H) + extra for layer in range(cfg.num_layers))
-    if cfg.tie_weights:
+    if cfg.output == "adaptive":
+        output = adaptive_parameters(H, V)
+    elif cfg.tie_weights:
         output = (H * E if H != E else 0) + V
     else:
         output = H * V + V

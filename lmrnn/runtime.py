@@ -37,12 +37,15 @@ def seed_everything(seed: int) -> None:
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """bf16 autocast on CUDA GPUs that support it (`auto`), or when asked; else full fp32.
-    bf16 keeps fp32's exponent range, so no loss scaling is needed (unlike fp16)."""
+    """bf16 autocast on CUDA GPUs that support it (`auto`), or when asked; fp16 when asked (with
+    a gradient scaler in training: its exponent range is small); else full fp32. bf16 keeps
+    fp32's exponent range, so it needs no loss scaling."""
     if precision == "fp32" or device.type != "cuda":
-        if precision == "bf16" and device.type != "cuda":
-            raise UserError("train.precision=bf16 needs a CUDA device; use auto or fp32")
+        if precision in ("bf16", "fp16") and device.type != "cuda":
+            raise UserError(f"train.precision={precision} needs a CUDA device; use auto or fp32")
         return None
+    if precision == "fp16":
+        return torch.float16
     if precision == "bf16" or torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return None

@@ -115,8 +115,11 @@ FORMAT_5_KEYS = ("  locked_dropout: false\n", "  embedding_dropout: 0.0\n", "  w
 def test_config_format_versions(tmp_path):
     run, _, cfg = make_run(tmp_path)
     text = (run / "config.yaml").read_text()
-    assert text.startswith("format: 5\n") and all(key in text for key in FORMAT_5_KEYS)
-    before_5 = text
+    assert text.startswith("format: 6\n") and all(key in text for key in FORMAT_5_KEYS) and "  output: softmax\n" in text
+    before_6 = text.replace("format: 6\n", "format: 5\n").replace("  output: softmax\n", "")
+    (run / "config.yaml").write_text(before_6)
+    assert checkpoint.read_config(run) == cfg  # format 5 gains model.output, the full softmax
+    before_5 = before_6
     for key in FORMAT_5_KEYS:
         before_5 = before_5.replace(key, "")
     # format 1 (no version line, no train.save_minutes / max_bad_steps, no model.order) is migrated
@@ -134,8 +137,8 @@ def test_config_format_versions(tmp_path):
     assert checkpoint.read_config(run).data.streaming is False  # format 3 gains data.streaming
     (run / "config.yaml").write_text(before_5.replace("format: 5", "format: 4"))
     assert checkpoint.read_config(run) == cfg  # format 4 gains the regularisers, all off
-    (run / "config.yaml").write_text(text.replace("format: 5", "format: 7"))
-    with pytest.raises(UserError, match="written by a newer lmrnn \\(run format 7; .* reads up to 5\\)"):
+    (run / "config.yaml").write_text(text.replace("format: 6", "format: 7"))
+    with pytest.raises(UserError, match="written by a newer lmrnn \\(run format 7; .* reads up to 6\\)"):
         checkpoint.read_config(run)
     (run / "config.yaml").write_text(text.replace("  bptt: 70\n", ""))
     with pytest.raises(UserError, match="is missing train.bptt"):

@@ -134,7 +134,7 @@ def runs(tiny_run, tmp_path):
         shutil.copytree(tiny_run, made[name])
     config = (tiny_run / "config.yaml").read_text()
     (made["weights"] / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{bad")
-    (made["newer"] / "config.yaml").write_text(config.replace("format: 5", "format: 6"))
+    (made["newer"] / "config.yaml").write_text(config.replace("format: 6", "format: 7"))
     (made["mismatch"] / "config.yaml").write_text(config.replace("vocab_size: 300", "vocab_size: 299"))
     (made["missing_key"] / "config.yaml").write_text(config.replace("  num_layers: 1\n", ""))
     torch.save({"step": 1, "model": {}, "optimizer": {}, "rng": {}, "x": Payload(str(tmp_path / "pwned"))},
@@ -195,7 +195,7 @@ BAD_INPUTS = [
     ("generate {run} --interactive -p x", "--interactive reads its prompts"),
     ("generate {tmp}/nothing", "run directory not found"),
     ("generate {weights} -p x", "model.safetensors is truncated, corrupted"),
-    ("generate {newer}", "written by a newer lmrnn (run format 6"),
+    ("generate {newer}", "written by a newer lmrnn (run format 7"),
     ("generate {missing_key}", "is missing model.num_layers"),
     ("generate {tokenizer}", "is not a SentencePiece model"),
     ("score {run} --text-file {tmp}/missing.txt", "no such file"),

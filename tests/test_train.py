@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -15,9 +16,9 @@ from lmrnn import checkpoint
 from lmrnn.config import load_config
 from lmrnn.console import TrainingProgress
 from lmrnn.errors import UserError
-from lmrnn.models import RNNLM
 from lmrnn.schedule import window_length
-from lmrnn.train import loss_jumped, train
+from lmrnn.softmax import FullSoftmax
+from lmrnn.train import build_optimizer, guarded_step, load_optimizer_state, loss_jumped, train
 from tests.conftest import REPO
 
 QUIET = TrainingProgress(enabled=False)
@@ -112,6 +113,7 @@ def test_resume_refuses_a_finished_run_until_the_budget_grows(tiny_run, tmp_path
 @pytest.mark.parametrize("override, message", [
     ("train.bptt=5000", "too few for train.batch_size=8 rows of train.bptt=5000"),
     ("tokenizer.vocab_size=100", "too small for this corpus"),
+    ("train.precision=fp16", "train.precision=fp16 needs a CUDA device"),
 ])
 def test_impossible_settings_fail_before_writing(corpus_dir, tmp_path, override, message):
     with pytest.raises(UserError, match=message):
@@ -126,6 +128,59 @@ def test_an_existing_run_is_kept_unless_overwritten(tiny_run, tmp_path, corpus_d
     assert (tiny_run / "model.safetensors").read_bytes() == before
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_a_guarded_step_on_the_device_does_nothing_at_all_when_told_so(optimizer):
+    """The fused kernels skip on the device: weights, moments and step count stay as they were,
+    from the very first step (fused SGD's momentum buffers exist from the start)."""
+    model = torch.nn.Linear(3, 2)
+    opt = build_optimizer(model, load_config(overrides=[f"train.optimizer={optimizer}", "train.momentum=0.9",
+                                                        "train.weight_decay=0.1"]).train)
+    assert opt.defaults["fused"]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for p in model.parameters():
+        p.grad = torch.full_like(p, float("nan"))
+    guarded_step(opt, torch.tensor(False))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(not v.count_nonzero() for p in model.parameters() for v in opt.state[p].values())  # step 0, zero moments
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    reference = torch.nn.Linear(3, 2)
+    reference.load_state_dict(before)
+    settings = {k: opt.defaults[k] for k in ("lr", "weight_decay", *(("momentum",) if optimizer == "sgd" else ()))}
+    plain = type(opt)(reference.parameters(), **settings)
+    for p in reference.parameters():
+        p.grad = torch.ones_like(p)
+    guarded_step(opt, torch.tensor(True))
+    plain.step()  # a first step, as the skipped one never happened
+    assert all(torch.allclose(a, b) for a, b in zip(model.parameters(), reference.parameters()))
+    assert not torch.equal(model.weight, before["weight"])
+    load_optimizer_state(opt, plain.state_dict())  # a state saved unfused keeps this optimizer fused
+    assert opt.param_groups[0]["fused"] and opt.param_groups[0]["foreach"] is None
+
+
+def test_an_adaptive_softmax_run_trains_evaluates_and_generates(corpus_dir, tmp_path):
+    from lmrnn.evaluate import evaluate_run
+    from lmrnn.generate import generate_text
+    from lmrnn.sampling import Decoding
+
+    run = tmp_path / "run"
+    summary = train(tiny_cfg(corpus_dir, "model.output=adaptive", "model.tie_weights=false", "train.max_steps=30"),
+                    run, progress=QUIET)
+    model, _, _ = checkpoint.load_run(run, torch.device("cpu"))
+    counts = torch.from_numpy(np.bincount(load_split_ids(run, corpus_dir), minlength=model.cfg.vocab_size))
+    assert model.decoder.rank[counts.argmax()] == 0  # the clusters follow the training counts
+    result = evaluate_run(run, "test")
+    assert result.ppl == pytest.approx(summary["test_ppl"], rel=1e-6) and result.ppl < model.cfg.vocab_size
+    assert generate_text(run, "the", Decoding(temperature=0, max_new_tokens=5))
+
+
+def load_split_ids(run, corpus_dir):
+    from lmrnn.data import Corpus, load_split
+    from lmrnn.tokenizer import Tokenizer
+
+    return load_split(Corpus(checkpoint.read_config(run).data), "train", Tokenizer.load(run / checkpoint.TOKENIZER)).ids
+
+
 def test_clipping_off_and_sgd_still_train(corpus_dir, tmp_path):
     summary = train(tiny_cfg(corpus_dir, "train.clip_grad_norm=0", "train.optimizer=sgd", "train.lr=1.0",
                              "train.lr_schedule=plateau", "train.max_steps=10"), tmp_path / "run", progress=QUIET)
@@ -133,18 +188,17 @@ def test_clipping_off_and_sgd_still_train(corpus_dir, tmp_path):
 
 
 def poison_training_forward(monkeypatch, steps, factor=float("nan")):
-    """Multiply the logits of the given training steps (1-based) by `factor`."""
-    forward, calls = RNNLM.forward, [0]
+    """Multiply the decoder inputs, and so the logits, of the given training steps (1-based) by `factor`."""
+    nll, calls = FullSoftmax.nll, [0]
 
-    def poisoned(self, x, hidden=None):
-        logits, hidden = forward(self, x, hidden)
+    def poisoned(self, features, targets, reduction="mean"):
         if self.training:
             calls[0] += 1
             if calls[0] in steps:
-                logits = logits * factor
-        return logits, hidden
+                features = features * factor
+        return nll(self, features, targets, reduction)
 
-    monkeypatch.setattr(RNNLM, "forward", poisoned)
+    monkeypatch.setattr(FullSoftmax, "nll", poisoned)
 
 
 def test_a_non_finite_step_is_skipped_counted_and_logged(corpus_dir, tmp_path, monkeypatch):
@@ -168,7 +222,7 @@ def test_a_non_finite_step_is_skipped_counted_and_logged(corpus_dir, tmp_path, m
 
 
 def test_divergence_stops_with_the_last_good_checkpoint_which_resumes(corpus_dir, tmp_path, monkeypatch):
-    healthy_forward = RNNLM.forward
+    healthy = FullSoftmax.nll
     poison_training_forward(monkeypatch, set(range(7, 100)))
     run = tmp_path / "run"
     with pytest.raises(UserError, match="training diverged: 3 steps in a row .*step 9.*-s train.lr=0.0025"):
@@ -177,7 +231,7 @@ def test_divergence_stops_with_the_last_good_checkpoint_which_resumes(corpus_dir
     state = checkpoint.load_train_state(run)
     assert state["step"] == 8 and all(torch.isfinite(t).all() for t in state["model"].values())
     assert not (run / ".lock").exists()
-    monkeypatch.setattr(RNNLM, "forward", healthy_forward)
+    monkeypatch.setattr(FullSoftmax, "nll", healthy)
     summary = train(checkpoint.resume_config(run, ["train.lr=0.0025"], {}), run, resume=True, progress=QUIET)
     assert summary["steps"] == 20 and math.isfinite(summary["test_ppl"])
 
