@@ -52,7 +52,7 @@ class DecodedLM(nn.Module):
 
     def token_nll(self, ids: torch.Tensor, targets: torch.Tensor, hidden=None):
         """Each target's NLL (B, T) float32 (0 where IGNORE_INDEX), and the new state: the
-        evaluation path, no (B, T, V) logits built outside inference mode's chunks."""
+        evaluation path, in chunks of rows under inference mode (no (B, T, V) logits)."""
         features, hidden, _ = self._encode(ids, hidden)
         return self.decoder.nll(features, targets, reduction="none"), hidden
 

@@ -93,8 +93,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_total):
-        grad_h, grad_w, grad_b = ctx.saved_tensors
-        grads = [None if g is None else g * grad_total.to(g.dtype) for g in (grad_h, grad_w, grad_b)]
+        # scaled in place: no second copy of the (V, D) gradient (a second backward through the
+        # same graph is refused by autograd's check of the saved tensors' versions)
+        grads = [None if g is None else g.mul_(grad_total.to(g.dtype)) for g in ctx.saved_tensors]
         return *grads, None, None
 
 
