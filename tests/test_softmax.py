@@ -40,6 +40,12 @@ def test_the_fused_loss_and_its_gradients_equal_cross_entropy(chunked, bias):
         torch.testing.assert_close(g, e)
 
 
+def test_padding_is_the_id_the_data_pads_with():
+    from lmrnn import data
+
+    assert IGNORE_INDEX == data.IGNORE_INDEX == -100  # models may not import the corpus module
+
+
 def test_per_token_nll_matches_by_hand_and_ignores_padding(chunked):
     decoder, features, targets = problem()
     with torch.inference_mode():
