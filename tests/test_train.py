@@ -18,7 +18,7 @@ from lmrnn.console import TrainingProgress
 from lmrnn.errors import UserError
 from lmrnn.schedule import window_length
 from lmrnn.softmax import FullSoftmax
-from lmrnn.train import build_optimizer, guarded_step, load_optimizer_state, loss_jumped, train
+from lmrnn.train import loss_jumped, train
 from tests.conftest import REPO
 
 QUIET = TrainingProgress(enabled=False)
@@ -126,36 +126,6 @@ def test_an_existing_run_is_kept_unless_overwritten(tiny_run, tmp_path, corpus_d
     with pytest.raises(UserError, match="already holds a run"):
         train(tiny_cfg(corpus_dir), tiny_run, progress=QUIET)
     assert (tiny_run / "model.safetensors").read_bytes() == before
-
-
-@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
-def test_a_guarded_step_on_the_device_does_nothing_at_all_when_told_so(optimizer):
-    """The fused kernels skip on the device: weights, moments and step count stay as they were,
-    from the very first step (fused SGD's momentum buffers exist from the start)."""
-    model = torch.nn.Linear(3, 2)
-    opt = build_optimizer(model, load_config(overrides=[f"train.optimizer={optimizer}", "train.momentum=0.9",
-                                                        "train.weight_decay=0.1"]).train)
-    assert opt.defaults["fused"]
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    for p in model.parameters():
-        p.grad = torch.full_like(p, float("nan"))
-    guarded_step(opt, torch.tensor(False))
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert all(not v.count_nonzero() for p in model.parameters() for v in opt.state[p].values())  # step 0, zero moments
-    for p in model.parameters():
-        p.grad = torch.ones_like(p)
-    reference = torch.nn.Linear(3, 2)
-    reference.load_state_dict(before)
-    settings = {k: opt.defaults[k] for k in ("lr", "weight_decay", *(("momentum",) if optimizer == "sgd" else ()))}
-    plain = type(opt)(reference.parameters(), **settings)
-    for p in reference.parameters():
-        p.grad = torch.ones_like(p)
-    guarded_step(opt, torch.tensor(True))
-    plain.step()  # a first step, as the skipped one never happened
-    assert all(torch.allclose(a, b) for a, b in zip(model.parameters(), reference.parameters()))
-    assert not torch.equal(model.weight, before["weight"])
-    load_optimizer_state(opt, plain.state_dict())  # a state saved unfused keeps this optimizer fused
-    assert opt.param_groups[0]["fused"] and opt.param_groups[0]["foreach"] is None
 
 
 def test_an_adaptive_softmax_run_trains_evaluates_and_generates(corpus_dir, tmp_path):
