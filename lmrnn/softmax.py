@@ -17,7 +17,6 @@ logits), and builds a third in backward. For N = 80 x 70 rows and V = 33,278 tha
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lmrnn.errors import UserError
@@ -113,9 +112,6 @@ class FullSoftmax(nn.Linear):
             if torch.is_grad_enabled() and (h.requires_grad or self.weight.requires_grad):
                 return _LinearCrossEntropy.apply(h, self.weight, self.bias, t, dtype) / counted
             return self.nll(features, targets, "none").sum() / counted
-        if torch.is_grad_enabled() and (h.requires_grad or self.weight.requires_grad):
-            logits = F.linear(features, self.weight, self.bias).float()
-            return F.cross_entropy(logits.flatten(0, -2), t, reduction="none").view(targets.shape)
         w, rows = self.weight.to(dtype), chunk_rows(self.out_features)
         with torch.autocast(features.device.type, enabled=False):
             return torch.cat([_chunk_nll(_chunk_log_probs(h[s:s + rows].to(dtype), w, self.bias), t[s:s + rows])

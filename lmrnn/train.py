@@ -358,13 +358,13 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
             settle()  # the previous step, now that this one is queued
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            finite = torch.isfinite(loss)
             if scaler:  # skips the step itself when the scaled gradient overflowed (or the loss is not finite)
                 scaler.step(optimizer)
                 scaler.update()
             else:
-                guarded_step(optimizer, torch.isfinite(loss) & torch.isfinite(grad_norm))
+                guarded_step(optimizer, finite & torch.isfinite(grad_norm))
             # a non-finite state would poison every later window: such a step's rows restart from zeros
-            finite = torch.isfinite(loss)
             hidden = map_hidden(hidden, lambda h: torch.where(finite, h, 0.0) if h.is_floating_point() else h)
             reading = torch.stack([loss.float(), grad_norm.float()])
             event = None
