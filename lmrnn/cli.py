@@ -284,7 +284,8 @@ def eval_(
     data: Annotated[Optional[str], typer.Option(help="Evaluate on this corpus instead, with each run's own tokenizer.")] = None,
     split: Annotated[Literal["train", "validation", "test"], typer.Option(help="Which split to score.")] = "test",
     json_: JsonOpt = False,
-    batch_size: Annotated[Optional[int], typer.Option(help="Rows scored side by side, each from the zero state (default: the run's train.eval_batch_size; 1 = one stream).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Rows scored side by side (default: the run's train.eval_batch_size; 1 = one stream).")] = None,
+    burn_in: Annotated[Optional[int], typer.Option(help="Tokens each row reads, unscored, from the stream before it, so that the figure does not depend on --batch-size (default: the run's train.eval_burn_in; 0 = each row from the zero state).")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Also draw the runs' learning curves (from metrics.jsonl) into this PNG.")] = None,
     cache: Annotated[bool, typer.Option("--cache", help="Also the continuous cache (Grave et al. 2017), tuned on validation, on test.")] = False,
     dynamic: Annotated[bool, typer.Option("--dynamic", help="Also dynamic evaluation (Krause et al. 2018), tuned on validation, on test.")] = False,
@@ -295,9 +296,10 @@ def eval_(
     from lmrnn.evaluate import evaluate_run
 
     if cache or dynamic:
-        return _eval_adapted(run_dirs, data, split, batch_size, cache, dynamic, cache_window, json_, device)
+        return _eval_adapted(run_dirs, data, split, batch_size is not None or burn_in is not None, cache, dynamic,
+                             cache_window, json_, device)
     with user_errors():
-        results = [evaluate_run(run_dir, split, data, device, batch_size) for run_dir in run_dirs]
+        results = [evaluate_run(run_dir, split, data, device, batch_size, burn_in) for run_dir in run_dirs]
         if plot is not None:
             from lmrnn.checkpoint import read_metrics
             from lmrnn.report import plot_learning_curves
@@ -312,15 +314,15 @@ def eval_(
                   f"{r.bits_per_byte:.4f}"] for r in results])
 
 
-def _eval_adapted(run_dirs: list[Path], data: Optional[str], split: str, batch_size: Optional[int], cache: bool,
+def _eval_adapted(run_dirs: list[Path], data: Optional[str], split: str, rows_given: bool, cache: bool,
                   dynamic: bool, cache_window: int, json_: bool, device: str) -> None:
     """eval --cache / --dynamic: static and adapted figures on test, settings picked on validation."""
     from lmrnn.adaptation import adapted_rows
 
     with user_errors():
-        if split != "test" or batch_size is not None:
+        if split != "test" or rows_given:
             raise UserError("--cache and --dynamic tune on validation and report test, reading it as one "
-                            "stream; drop --split and --batch-size")
+                            "stream; drop --split, --batch-size and --burn-in")
         rows = [row for run_dir in run_dirs for row in adapted_rows(run_dir, cache, dynamic, cache_window, device, data)]
     if json_:
         _write(json.dumps(rows, indent=2) + "\n")
@@ -345,11 +347,15 @@ def compare(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     text_column: TextColumnOpt = None,
+    tune: Annotated[Optional[list[str]], typer.Option(help="Tune this config key per cell first, by successive halving on validation (repeatable): KEY (train.lr, train.clip_grad_norm, model.dropout, ... have default ranges) or KEY=LOW:HIGH.")] = None,
+    trials: Annotated[int, typer.Option(help="--tune: settings tried per cell (the same for every cell).")] = 9,
     overwrite: Annotated[bool, typer.Option(help="Retrain every run of the comparison already in --out.")] = False,
 ) -> None:
     """Run it again after an interruption: finished runs are kept, the interrupted one resumes."""
-    from lmrnn.compare import compare as run_comparison, parse_cells, parse_seeds, table_rows, TABLE
+    from lmrnn.compare import compare as run_comparison, parse_cells, parse_seeds
+    from lmrnn.comparison_report import TABLE, table_rows
     from lmrnn.data import Corpus
+    from lmrnn.tuning import parse_knobs
 
     with user_errors():
         for name, value in (("--budget-minutes", budget_minutes), ("--max-steps", max_steps)):
@@ -360,8 +366,11 @@ def compare(
             limits = {"train.epochs": 0, "train.max_minutes": budget_minutes or 0.0, "train.max_steps": max_steps or 0}
         cfg = load_config(config, set_ or [], {**_flags(data__source=data, data__text_column=text_column), **limits})
         cell_list, seed_list = parse_cells(cells), parse_seeds(seeds)
+        knobs = parse_knobs(tune or [], cfg)
+        if trials < 1:
+            raise UserError(f"--trials must be >= 1, got {trials}")
         folder = out or Path("comparisons") / Corpus(cfg.data).name
-        results = run_comparison(cfg, cell_list, seed_list, match, folder, overwrite)
+        results = run_comparison(cfg, cell_list, seed_list, match, folder, overwrite, knobs=knobs, trials=trials)
     if results.get("interrupted"):
         stderr.print(f"stopped ({results['interrupted']}): run the same command again to continue the comparison "
                      f"in {folder}", soft_wrap=True, highlight=False)

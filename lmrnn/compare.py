@@ -4,10 +4,13 @@ optimizer and budget; hidden sizes matched by parameter count (or equal); severa
     comparisons/NAME/
       request.json         what was asked (checked when the comparison is resumed)
       tokenizer.model      trained once, shared by every run: token perplexities compare
+      tuning/<cell>/       with --tune: the search's trials (run directories) and search.json
       <cell>-seed<S>/      one ordinary run directory per cell and seed
-      results.json         plan, every run's summary, mean and spread per cell
+      results.json         plan, every run's summary, mean, spread and 95% interval per cell,
+                           the pairwise differences, the search ("tuning")
       curves.png           validation ppl by step and by time, training loss, gradient norm
-      report.md            the table and the plot
+      tuning.png           with --tune: validation ppl against each tuned value, per cell
+      report.md            the tables and the plots (lmrnn.comparison_report)
 
 A run whose summary says it finished within budget is not trained again; an interrupted one is
 resumed exactly (its own --resume), so an interrupted comparison continues where it stopped.
@@ -20,7 +23,6 @@ import json
 import logging
 import math
 import re
-import statistics
 from pathlib import Path
 
 from lmrnn import checkpoint
@@ -29,16 +31,19 @@ from lmrnn.console import ComparisonProgress
 from lmrnn.data import Corpus, load_or_train_tokenizer
 from lmrnn.errors import UserError
 from lmrnn.models import count_parameters
-from lmrnn.report import markdown_table, plot_learning_curves
+from lmrnn.comparison_report import CURVES, TUNING_PLOT, report_markdown
+from lmrnn.report import plot_learning_curves, plot_tuning
+from lmrnn.significance import pairwise, summarise
 from lmrnn.tokenizer import Tokenizer
+from lmrnn.tuning import ETA, Knob, candidates, plan_size, rungs, search
 
 log = logging.getLogger(__name__)
 
-REQUEST, RESULTS, REPORT, CURVES = "request.json", "results.json", "report.md", "curves.png"
+REQUEST, RESULTS, REPORT, TUNING = "request.json", "results.json", "report.md", "tuning"
+TUNING_SOBOL_SEED = 0  # the candidate settings: the same for every cell and every comparison with the same knobs
 CELLS = ("rnn", "rnn_relu", "lstm", "gru", "ffnn")  # neural cells, sized by --match
 NGRAM = re.compile(r"ngram(\d*)")  # ngram (model.order) or ngramN: a Kneser-Ney N-gram baseline, counted not trained
 MATCH_TOLERANCE = 0.02  # --match params promises parameter counts within 2% of the reference
-TABLE = ["cell", "hidden", "params", "best val ppl", "test ppl", "test word ppl", "test bits/byte", "tokens/s", "wall"]
 
 
 def ngram_order(cell: str, cfg: RunConfig) -> int | None:
@@ -105,13 +110,17 @@ def plan_sizes(cfg: RunConfig, cells: list[str], match: str) -> tuple[str, dict[
 
 
 def compare(cfg: RunConfig, cells: list[str], seeds: list[int], match: str, out: Path,
-            overwrite: bool = False, progress: ComparisonProgress | None = None) -> dict:
+            overwrite: bool = False, progress: ComparisonProgress | None = None,
+            knobs: list[Knob] = (), trials: int = 9) -> dict:
     """Train every (cell, seed) run into `out` (skipping finished ones), then write the results,
-    the plot and the report. Returns the results; results["interrupted"] (the stop signal) when stopped early."""
+    the plot and the report. With `knobs`, each neural cell is first tuned by successive halving
+    over the same `trials` settings (lmrnn.tuning), and its best setting is what every seed
+    trains. Returns the results; results["interrupted"] (the stop signal) when stopped early."""
     from lmrnn.train import train  # torch: imported only when a comparison runs
 
     request = {"cells": cells, "seeds": seeds, "match": match,
-               "config": {k: v for k, v in flatten(cfg).items() if k not in ("seed", "model.cell", "device")}}
+               "config": {k: v for k, v in flatten(cfg).items() if k not in ("seed", "model.cell", "device")},
+               **({"tune": [dataclasses.asdict(k) for k in knobs], "trials": trials} if knobs else {})}
     _claim(out, request, overwrite)
     corpus = Corpus(cfg.data)
     shared = out / checkpoint.TOKENIZER
@@ -125,17 +134,44 @@ def compare(cfg: RunConfig, cells: list[str], seeds: list[int], match: str, out:
     log.info("compare on %s: %s | match %s (reference %s) | %s", corpus.name, ", ".join(cells), match, reference,
              ", ".join(f"{c} hidden {hidden[c]} ({params[c]:,} params)" if c in hidden else f"{c} counted" for c in cells))
 
+    def run_config(cell: str, seed: int, setting: dict) -> RunConfig:
+        order = ngram_order(cell, cfg)
+        return load_config(base=dataclasses.asdict(cfg), flags={
+            "seed": seed, "tokenizer.path": str(shared.resolve()), **setting,
+            **({"model.cell": cell, "model.hidden_size": hidden[cell]} if order is None
+               else {"model.cell": "ngram", "model.order": order})})
+
+    tuned_cells = [cell for cell in cells if knobs and cell in CELLS]
+    settings = candidates(list(knobs), trials, TUNING_SOBOL_SEED) if knobs else []
+    tuning_seed = max(seeds) + 1  # not one of the reported seeds: their runs are independent of the selection
+    for cell in tuned_cells:  # every trial's config is checked before anything trains
+        for setting in settings:
+            try:
+                run_config(cell, tuning_seed, setting)
+            except UserError as err:
+                raise UserError(f"--tune: the setting {setting} does not suit cell {cell}: {err}") from None
     runs = [(cell, seed) for seed in seeds for cell in cells]  # all cells of a seed before the next seed
+    progress = progress or ComparisonProgress(len(tuned_cells) * plan_size(trials) * bool(knobs) + len(runs))
+    tuning: dict[str, dict] = {}
     summaries: list[dict] = []
-    progress = progress or ComparisonProgress(len(runs))
     with progress:
+        for cell in tuned_cells:
+            def train_trial(trial_cfg: RunConfig, run_dir: Path, resume: bool, fraction: float) -> dict:
+                with progress.run(f"tuning {cell}, {run_dir.name} to {fraction:.3g} of the budget") as report:
+                    summary = train(trial_cfg, run_dir, resume=resume, overwrite=not resume, progress=report,
+                                    pause_at=fraction)
+                progress.finished()
+                return summary
+
+            found = search(settings, lambda setting: run_config(cell, tuning_seed, setting), out / TUNING / cell,
+                           train_trial)
+            if "interrupted" in found:
+                return {"interrupted": found["interrupted"], "runs": summaries}
+            tuning[cell] = found
         for cell, seed in runs:
             run_dir = out / f"{cell}-seed{seed}"
             order = ngram_order(cell, cfg)
-            run_cfg = load_config(base=dataclasses.asdict(cfg), flags={
-                "seed": seed, "tokenizer.path": str(shared.resolve()),
-                **({"model.cell": cell, "model.hidden_size": hidden[cell]} if order is None
-                   else {"model.cell": "ngram", "model.order": order})})
+            run_cfg = run_config(cell, seed, tuning.get(cell, {}).get("best", {}))
             summary = checkpoint.read_summary(run_dir)
             if summary is None or summary.get("stopped_by") != "budget" or overwrite:
                 resume = (run_dir / checkpoint.TRAIN_STATE).is_file() and not overwrite
@@ -151,10 +187,17 @@ def compare(cfg: RunConfig, cells: list[str], seeds: list[int], match: str, out:
             if summary["stopped_by"] != "budget":  # a stop signal: the same command continues
                 return {"interrupted": summary["stopped_by"], "runs": summaries}
 
+    per_cell = {cell: [s for s in summaries if s["compared_as"] == cell] for cell in cells}
     results = {"corpus": corpus.name, "vocab_size": tokenizer.vocab_size, "match": match, "reference": reference, "cells": cells, "seeds": seeds,
                "hidden_sizes": hidden, "params": params, "config": request["config"],
-               "per_cell": {cell: aggregate([s for s in summaries if s["compared_as"] == cell]) for cell in cells},
+               "per_cell": {cell: aggregate(runs) for cell, runs in per_cell.items()},
+               "differences": pairwise({cell: [math.log(s["test_ppl"]) for s in runs] for cell, runs in per_cell.items()}),
                "runs": summaries}
+    if knobs:
+        results["tuning"] = {cell: {"best": found["best"], "trials": found["trials"]} for cell, found in tuning.items()}
+        results["tuning_plan"] = {"knobs": request["tune"], "trials": trials, "eta": ETA, "rungs": rungs(trials),
+                                  "seed": tuning_seed}
+        plot_tuning(results, out / TUNING_PLOT)
     checkpoint.atomic_write(out / RESULTS, json.dumps(results, indent=2) + "\n")
     plot_learning_curves([(f"{s['cell']} seed {s['seed']}", s["cell"], checkpoint.read_metrics(Path(s["run"])))
                           for s in summaries if s["cell"] != "ngram"], out / CURVES)  # counted: no curve
@@ -174,7 +217,8 @@ def _claim(out: Path, request: dict, overwrite: bool) -> None:
         except ValueError:
             saved = None
         if saved != json.loads(json.dumps(request)):
-            changed = sorted(k for k in request if not isinstance(saved, dict) or saved.get(k) != request[k])
+            keys = set(request) | (set(saved) if isinstance(saved, dict) else set())
+            changed = sorted(k for k in keys if not isinstance(saved, dict) or saved.get(k) != request.get(k))
             raise UserError(f"{out} holds a comparison with different settings ({', '.join(changed)}); "
                             "run the same command to resume it, or use --overwrite or another --out")
     elif out.is_dir() and any(out.iterdir()) and not overwrite:
@@ -188,53 +232,5 @@ STATS = {"best_val_ppl": "best val ppl", "test_ppl": "test ppl", "test_word_ppl"
 
 
 def aggregate(summaries: list[dict]) -> dict[str, dict[str, float]]:
-    """Mean, sample standard deviation (0 for one seed), min and max of each figure over seeds."""
-    out = {}
-    for key in STATS:
-        values = [float(s[key]) for s in summaries]
-        out[key] = {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-                    "min": min(values), "max": max(values), "n": len(values)}
-    return out
-
-
-def _mean_sd(stat: dict, digits: int) -> str:
-    text = f"{stat['mean']:,.{digits}f}"
-    return text + (f" ± {stat['sd']:,.{digits}f}" if stat["n"] > 1 else "")
-
-
-def table_rows(results: dict) -> list[list[str]]:
-    """One row per cell: figures as mean ± sample sd over the seeds."""
-    rows = []
-    for cell in results["cells"]:
-        stats = results["per_cell"][cell]
-        rows.append([cell, str(results["hidden_sizes"][cell]), f"{results['params'][cell]:,}",
-                     _mean_sd(stats["best_val_ppl"], 2), _mean_sd(stats["test_ppl"], 2),
-                     _mean_sd(stats["test_word_ppl"], 2), _mean_sd(stats["test_bits_per_byte"], 4),
-                     _mean_sd(stats["train_tokens_per_second"], 0), _mean_sd(stats["wall_seconds"], 0) + " s"])
-    return rows
-
-
-# the settings beyond the plain model that a report names when they are on
-REGULARISERS = ("model.locked_dropout", "model.embedding_dropout", "model.weight_drop", "model.layer_norm",
-                "train.ar", "train.tar", "train.variable_bptt")
-
-
-def report_markdown(results: dict) -> str:
-    c = results["config"]
-    budget = ", ".join(f"{k.split('.')[1]} {c[k]}" for k in ("train.max_steps", "train.max_minutes", "train.epochs") if c[k])
-    seeds = results["seeds"]
-    extras = ", ".join(key.split(".")[1] + ("" if c[key] is True else f" {c[key]}") for key in REGULARISERS if c.get(key))
-    return (
-        f"# {', '.join(results['cells'])} on {results['corpus']}\n\n"
-        f"Budget per run: {budget}. Batch {c['train.batch_size']} x BPTT {c['train.bptt']}, "
-        f"{c['train.optimizer']} lr {c['train.lr']} ({c['train.lr_schedule']}), clip {c['train.clip_grad_norm']}, "
-        f"{c['model.num_layers']} layers, embedding {c['model.embedding_dim']}, dropout {c['model.dropout']}, "
-        f"{extras + ', ' if extras else ''}tokenizer {c['tokenizer.model_type']} {results['vocab_size']} (shared by all runs). "
-        f"Hidden sizes: --match {results['match']} (reference {results['reference']}). "
-        f"Seeds {', '.join(map(str, seeds))}: figures are mean ± sample standard deviation"
-        f"{'' if len(seeds) > 1 else ' (one seed: no spread)'}.\n\n"
-        + markdown_table(TABLE, table_rows(results))
-        + f"\nWord perplexity and bits/byte do not depend on the tokenizer; tokens/s counts training "
-          f"tokens over training time (validation excluded); wall is the whole run, test included.\n\n"
-          f"![learning curves]({CURVES})\n"
-    )
+    """Mean, sample standard deviation (0 for one seed), min, max and 95% interval of each figure over seeds."""
+    return {key: summarise([float(s[key]) for s in summaries]) for key in STATS}

@@ -76,6 +76,11 @@ class ModelConfig:
     weight_drop: float = 0.0  # DropConnect on the hidden-to-hidden weights, a new mask per window
     layer_norm: bool = False  # layer-normalised recurrent cells (Ba, Kiros & Hinton 2016)
     tie_weights: bool = True  # decoder shares the embedding matrix (Press & Wolf 2016)
+    # initialisation: the embedding (and an untied decoder) ~ U(-init_range, init_range); the
+    # hidden-to-hidden matrices PyTorch's U(+-1/sqrt(H)) ("uniform") or one orthogonal matrix per
+    # gate block ("orthogonal", Saxe et al. 2014). benchmarks/init_ablation.py chose the defaults.
+    init_range: float = 0.1
+    recurrent_init: Literal["uniform", "orthogonal"] = "uniform"
     # adaptive: the adaptive softmax of Grave et al. 2017 (untied), for vocabularies of 30k and more
     output: Literal["softmax", "adaptive"] = "softmax"
     vocab_size: int = 0  # derived from the tokenizer when training starts
@@ -86,6 +91,8 @@ class ModelConfig:
         for key in ("embedding_dim", "hidden_size", "num_layers"):
             if getattr(self, key) < 1:
                 raise UserError(f"model.{key} must be >= 1, got {getattr(self, key)}")
+        if self.init_range <= 0:
+            raise UserError(f"model.init_range must be > 0, got {self.init_range}")
         for key in ("dropout", "embedding_dropout", "weight_drop"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise UserError(f"model.{key} must be in [0, 1), got {getattr(self, key)}")
@@ -108,6 +115,9 @@ class ModelConfig:
 class TrainConfig:
     batch_size: int = 16  # B contiguous streams trained side by side
     eval_batch_size: int = 16
+    # evaluation: each of the eval_batch_size rows first reads this many tokens before it in the
+    # stream, unscored, so that the figure does not depend on eval_batch_size (lmrnn.evaluate)
+    eval_burn_in: int = 256
     bptt: int = 70  # window length T for truncated backpropagation through time
     # a window length drawn per step around bptt (half of it 5% of the time), the lr scaled by
     # length / bptt, so that every position is sometimes a window start (Merity et al. 2017)
@@ -116,7 +126,7 @@ class TrainConfig:
     # asgd_patience evaluations; the average is what is evaluated and saved (Merity et al. 2017)
     optimizer: Literal["adamw", "sgd", "nt_asgd"] = "adamw"
     asgd_patience: int = 5  # nt_asgd: the non-monotone interval n, in evaluations
-    lr: float = 1e-2  # AdamW; lower (3e-3) suits the plain RNN better
+    lr: float = 0.0  # 0 = the cell's own AdamW default (DEFAULT_LR), set in the run's config.yaml when it starts
     momentum: float = 0.0  # sgd and nt_asgd
     weight_decay: float = 0.0
     clip_grad_norm: float = 1.0  # global L2 norm; 0 disables clipping
@@ -141,12 +151,14 @@ class TrainConfig:
         for key in ("batch_size", "eval_batch_size", "bptt", "log_every", "max_bad_steps", "asgd_patience"):
             if getattr(self, key) < 1:
                 raise UserError(f"train.{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("epochs", "max_steps", "max_minutes", "eval_every", "save_every", "save_minutes",
+        for key in ("eval_burn_in", "epochs", "max_steps", "max_minutes", "eval_every", "save_every", "save_minutes",
                     "warmup_steps", "weight_decay", "clip_grad_norm", "momentum", "ar", "tar"):
             if getattr(self, key) < 0:
                 raise UserError(f"train.{key} must be >= 0, got {getattr(self, key)}")
-        if self.lr <= 0:
-            raise UserError(f"train.lr must be > 0, got {self.lr}")
+        if self.lr < 0:
+            raise UserError(f"train.lr must be > 0 (or 0: the cell's default for adamw), got {self.lr}")
+        if self.lr == 0 and self.optimizer != "adamw":
+            raise UserError(f"train.lr=0 (the cell's default) is for adamw; set train.lr for {self.optimizer}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise UserError("train.min_lr_ratio must be in [0, 1]")
         if self.plateau_factor < 1.0:
@@ -170,6 +182,18 @@ class RunConfig:
                             f"not to cell {self.model.cell}")
 
 
+# Each cell's AdamW learning rate when train.lr is 0 (the default), chosen by a search at an equal
+# budget per cell (README "Defaults that train"); one shared rate trains some cells badly.
+DEFAULT_LR = {"rnn": 2e-3, "rnn_relu": 2e-3, "lstm": 2e-3, "gru": 2e-3, "ffnn": 2e-3, "ngram": 0.0}
+
+
+def resolve_defaults(cfg: RunConfig) -> RunConfig:
+    """The config a run saves and trains with: train.lr 0 replaced by the cell's default."""
+    if cfg.train.lr == 0 and cfg.model.cell != "ngram":
+        cfg.train.lr = DEFAULT_LR[cfg.model.cell]
+    return cfg
+
+
 # Keys that may change when a run is resumed: the budgets (to extend a finished run), how often
 # it logs and saves, and the two knobs that rescue a diverging run (lr, clip norm).
 RESUMABLE_KEYS = {"train.epochs", "train.max_steps", "train.max_minutes", "device", "train.log_every",
@@ -179,13 +203,13 @@ RESUMABLE_KEYS = {"train.epochs", "train.max_steps", "train.max_minutes", "devic
 
 # Version of the config.yaml written into a run directory. Each step up names the keys it added
 # and the values that reproduce the older behaviour, so older runs load (and resume) unchanged.
-FORMAT_VERSION = 6
+FORMAT_VERSION = 7
 ADDED_IN_FORMAT = {2: {"train.save_minutes": 0.0, "train.max_bad_steps": 10}, 3: {"model.order": 5, "model.context": 5},
                    4: {"data.streaming": False},
                    5: {"model.locked_dropout": False, "model.embedding_dropout": 0.0, "model.weight_drop": 0.0,
                        "model.layer_norm": False, "train.variable_bptt": False, "train.asgd_patience": 5,
                        "train.ar": 0.0, "train.tar": 0.0},
-                   6: {"model.output": "softmax"}}
+                   6: {"model.output": "softmax"}, 7: {"train.eval_burn_in": 0, "model.init_range": 0.1, "model.recurrent_init": "uniform"}}
 
 
 def migrate(raw: dict, version: int) -> dict:

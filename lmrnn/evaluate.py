@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from lmrnn import checkpoint
-from lmrnn.data import IGNORE_INDEX, Corpus, Split, as_long, batchify, load_split, windows
+from lmrnn.data import IGNORE_INDEX, Corpus, Split, as_long, load_split
 from lmrnn.errors import UserError
-from lmrnn.models import RNNLM, NgramLM
+from lmrnn.models import RNNLM, NgramLM, reset_rows
 from lmrnn.runtime import Ranks, autocast, resolve_device
 
 
@@ -43,23 +43,60 @@ class EvalResult:
         return asdict(self)
 
 
+def scoring_rows(ids: np.ndarray, batch_size: int, burn_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A split's N (input, target) pairs as `batch_size` rows of L = ceil(N / B) scored pairs,
+    each row first reading the `burn_in` (K) inputs that precede it in the stream, unscored:
+
+        stream pairs 0 .. N-1        row b scores pairs [bL, (b+1)L) (the last row padded)
+        row b, K + L columns:        [bL - K, bL) read, targets IGNORE_INDEX | its L scored pairs
+
+    Without it every row would start from the zero state, which a model trained with a carried
+    state rarely sees, and the figure would move with B. A row with fewer than K pairs before
+    it (bL < K) is padded on the left; `starts[b]` is the column where its text begins, and the
+    scorer resets its state there, so that it reads the stream from the start, from the zero
+    state, exactly as one stream would. Returns x, y (B, K + L) int32 and starts (B,) int64."""
+    n, K = len(ids) - 1, burn_in
+    length = -(-n // batch_size)
+    x = np.full(K + length * batch_size, ids[0], dtype=np.int32)  # the stream's inputs, K columns of padding first
+    y = np.full(K + length * batch_size, IGNORE_INDEX, dtype=np.int32)
+    x[K:K + n], y[K:K + n] = ids[:-1], ids[1:]
+    rows = np.arange(batch_size)[:, None] * length + np.arange(K + length)[None, :]  # (B, K + L) indices
+    x, y = x[rows], y[rows]
+    y[:, :K] = IGNORE_INDEX  # read, not scored: each target is scored once, in its own row
+    starts = K - np.minimum(K, np.arange(batch_size) * length)
+    return x, y, starts
+
+
 def token_nll(model: RNNLM, x: torch.Tensor, y: torch.Tensor, bptt: int,
-              amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+              amp_dtype: torch.dtype | None = None, burn_in: int = 0,
+              starts: np.ndarray | None = None) -> torch.Tensor:
     """NLL (nats) of every target of x, y (B, L) as a (B, L) float32 CPU tensor, the hidden
     state carried from window to window; 0 where the target is padding (IGNORE_INDEX). The ids
-    go to the device once and the NLL comes back once: no host copy or wait per window."""
+    go to the device once and the NLL comes back once: no host copy or wait per window.
+
+    The first `burn_in` columns are only read (no decoder), and row b's state is reset to the
+    zero state at column starts[b] (see scoring_rows)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     x, y = as_long(x).to(device), as_long(y).to(device)
     # filled in place: a small tensor kept per window would sit between the large freed ones
     # and fragment the CPU heap (glibc), which grew by ~20 MB per window before
-    losses = torch.empty(x.shape, dtype=torch.float32, device=device)  # (B, L)
+    losses = torch.zeros(x.shape, dtype=torch.float32, device=device)  # (B, L)
+    starts = torch.zeros(x.shape[0], dtype=torch.long) if starts is None else torch.as_tensor(starts)
+    # windows of bptt columns, cut also where a row's text begins and where scoring begins
+    cuts = sorted({*range(0, burn_in, bptt), *starts[(starts > 0) & (starts < burn_in)].tolist(),
+                   *range(burn_in, x.shape[1], bptt)})
     hidden = None
     with torch.inference_mode():
-        for offset, (xw, yw) in zip(range(0, x.shape[1], bptt), windows(x, y, bptt)):
+        for begin, end in zip(cuts, cuts[1:] + [x.shape[1]]):
+            if hidden is not None and bool((starts == begin).any()):
+                hidden = reset_rows(hidden, (starts == begin).to(device))
             with autocast(device, amp_dtype):
-                losses[:, offset:offset + xw.size(1)], hidden = model.token_nll(xw, yw, hidden)  # (B, T)
+                if end <= burn_in:
+                    _, hidden = model.encode(x[:, begin:end], hidden)
+                else:
+                    losses[:, begin:end], hidden = model.token_nll(x[:, begin:end], y[:, begin:end], hidden)  # (B, T)
     model.train(was_training)
     return losses.cpu()
 
@@ -73,16 +110,20 @@ def evaluate_nll(model: RNNLM, x: torch.Tensor, y: torch.Tensor, bptt: int,
 
 
 def score_split(model: RNNLM, split: Split, batch_size: int, bptt: int,
-                amp_dtype: torch.dtype | None = None, ranks: Ranks = Ranks()) -> tuple[float, int]:
-    """Exact NLL of a split: every token predicted once (the last row padded, not trimmed). An
-    n-gram model reads the split as one stream: its history never crosses an eos anyway. In a
-    distributed run each rank scores its share of the rows and the sums are added up (exactly
-    the one-process total, not a mean of per-rank means)."""
+                amp_dtype: torch.dtype | None = None, ranks: Ranks = Ranks(), burn_in: int = 0) -> tuple[float, int]:
+    """Exact NLL of a split: every token predicted once, in `batch_size` rows, each row first
+    reading the `burn_in` tokens before it (scoring_rows). An n-gram model reads the split as
+    one stream: its history never crosses an eos anyway. In a distributed run each rank scores
+    its share of the rows and the sums are added up (exactly the one-process total, not a mean
+    of per-rank means)."""
     if isinstance(model, NgramLM):
         return float(-model.kn.score(split.ids).sum()), split.tokens
-    x, y = batchify(split.ids, batch_size, pad=True)
+    x, y, starts = scoring_rows(split.ids, batch_size, burn_in)
     first, last = (batch_size * r // ranks.size for r in (ranks.rank, ranks.rank + 1))
-    nll, count = evaluate_nll(model, x[first:last], y[first:last], bptt, amp_dtype) if last > first else (0.0, 0)
+    nll, count = 0.0, 0
+    if last > first:
+        losses = token_nll(model, x[first:last], y[first:last], bptt, amp_dtype, burn_in, starts[first:last])
+        nll, count = losses.double().sum().item(), int((y[first:last] != IGNORE_INDEX).sum())
     nll, count = ranks.sum(torch.tensor([nll, count], dtype=torch.float64, device=next(model.parameters()).device)).tolist()
     assert count == split.tokens, (count, split.tokens)
     return nll, int(count)
@@ -97,12 +138,15 @@ def _exp(value: float) -> float:
     return math.exp(value) if value < 700 else math.inf
 
 
-def evaluate_run(run_dir: Path, split: str = "test", data: str | None = None,
-                 device: str = "auto", batch_size: int | None = None) -> EvalResult:
+def evaluate_run(run_dir: Path, split: str = "test", data: str | None = None, device: str = "auto",
+                 batch_size: int | None = None, burn_in: int | None = None) -> EvalResult:
     """Score one run directory on a split of its own corpus, or of `data` with its tokenizer,
-    in `batch_size` rows (default: the run's train.eval_batch_size; 1 = one stream)."""
+    in `batch_size` rows (default: the run's train.eval_batch_size; 1 = one stream), each first
+    reading `burn_in` tokens (default: the run's train.eval_burn_in)."""
     if batch_size is not None and batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    if burn_in is not None and burn_in < 0:
+        raise UserError(f"--burn-in must be >= 0, got {burn_in}")
     torch_device = resolve_device(device)
     model, tokenizer, cfg = checkpoint.load_run(run_dir, torch_device)
     if data is not None:
@@ -110,7 +154,8 @@ def evaluate_run(run_dir: Path, split: str = "test", data: str | None = None,
     text = load_split(Corpus(cfg.data), split, tokenizer)
     if text.tokens < 1:
         raise UserError(f"the {split} split of {cfg.data.source or 'the corpus'} is empty")
-    nll, tokens = score_split(model, text, batch_size or cfg.train.eval_batch_size, cfg.train.bptt)
+    nll, tokens = score_split(model, text, batch_size or cfg.train.eval_batch_size, cfg.train.bptt,
+                              burn_in=cfg.train.eval_burn_in if burn_in is None else burn_in)
     return EvalResult(run=str(run_dir), split=split, tokens=tokens, words=text.words, bytes=text.bytes,
                       nll=nll, params=model.num_parameters(), cell=cfg.model.cell, **figures(nll, text))
 

@@ -36,11 +36,12 @@ class DecodedLM(nn.Module):
             self.decoder = FullSoftmax(E if cfg.tie_weights else in_features, V)
             if cfg.tie_weights:
                 self.decoder.weight = self.embedding.weight
-        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)  # (after building the decoder: the RNG draws of earlier versions)
+        a = cfg.init_range
+        nn.init.uniform_(self.embedding.weight, -a, a)  # (after building the decoder: the RNG draws of earlier versions)
         if cfg.output == "softmax":
             nn.init.zeros_(self.decoder.bias)
             if not cfg.tie_weights:
-                nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+                nn.init.uniform_(self.decoder.weight, -a, a)
 
     def forward(self, ids: torch.Tensor, hidden=None, targets: torch.Tensor | None = None, activations: bool = False):
         """ids (B, T) -> logits (B, T, V), or with targets (B, T) their mean NLL (a scalar), and
@@ -97,11 +98,18 @@ class RNNLM(DecodedLM):
         self._init_weights()
 
     def _init_weights(self) -> None:
+        H = self.cfg.hidden_size
+        if self.cfg.recurrent_init == "orthogonal":  # each gate's H x H block (Saxe et al. 2014)
+            for module in self.recurrent_modules:
+                for name, weight in module.named_parameters():
+                    if name.startswith("weight_hh"):
+                        with torch.no_grad():
+                            for block in weight.split(H):
+                                nn.init.orthogonal_(block)
         if self.cfg.cell == "lstm" and not self.cfg.layer_norm:  # (LayerNormRNN sets its own)
             # Forget-gate bias 1 so the cell state is kept by default early in training
             # (Jozefowicz, Zaremba & Sutskever 2015). PyTorch gate order: input, forget, cell, output;
             # the two bias vectors add, so one gets 1 and the other 0.
-            H = self.cfg.hidden_size
             for module in self.recurrent_modules:
                 for name, bias in module.named_parameters():
                     with torch.no_grad():
@@ -235,6 +243,12 @@ class NgramLM(nn.Module):
 def map_hidden(hidden: Hidden, fn) -> Hidden:
     """fn applied to each tensor of a state: h, or the LSTM's (h, c)."""
     return tuple(fn(h) for h in hidden) if isinstance(hidden, tuple) else fn(hidden)
+
+
+def reset_rows(hidden: Hidden, rows: torch.Tensor) -> Hidden:
+    """The state with the rows where `rows` (B,) is true set back to the start-of-text state:
+    zeros for a recurrent state (L, B, H), -1 ("before the text") for FeedForwardLM's tokens (1, B, N)."""
+    return map_hidden(hidden, lambda h: h.masked_fill(rows.view(1, -1, 1), 0 if h.is_floating_point() else -1))
 
 
 def detach_hidden(hidden: Hidden | None) -> Hidden | None:

@@ -68,6 +68,38 @@ def plot_learning_curves(runs: list[tuple[str, str, list[dict]]], path: Path) ->
     return fig
 
 
+def plot_tuning(results: dict, path: Path) -> Figure:
+    """A comparison's search (results["tuning"], lmrnn.tuning): one panel per tuned key,
+    validation perplexity of every trial against its value, at the last budget fraction the
+    trial reached (larger markers for larger fractions), one colour per cell, the chosen
+    setting starred. Diverged trials are left out."""
+    knobs = results["tuning_plan"]["knobs"]
+    fig = Figure(figsize=(6 * len(knobs), 4.8), layout="constrained")
+    for axes, knob in zip(fig.subplots(1, len(knobs), squeeze=False)[0], knobs):
+        for index, (cell, found) in enumerate(results["tuning"].items()):
+            colour = f"C{index % 10}"
+            trials = [t for t in found["trials"] if t["val_ppl"] is not None]
+            axes.scatter([t[knob["key"]] for t in trials], [t["val_ppl"] for t in trials], color=colour, alpha=0.7,
+                         s=[12 + 60 * t["budget"] for t in trials], label=cell)
+            best = next((t for t in trials if all(t[k] == v for k, v in found["best"].items()) and t["budget"] == 1.0), None)
+            if best is not None:
+                axes.scatter([best[knob["key"]]], [best["val_ppl"]], color=colour, marker="*", s=260,
+                             edgecolors="black", linewidths=0.8, zorder=3)
+        axes.set_title(f"validation ppl against {knob['key']} (star: chosen)")
+        axes.set_xlabel(knob["key"])
+        axes.set_ylabel("validation ppl at the trial's last rung")
+        plain = FuncFormatter(lambda value, _: f"{value:g}")
+        if knob["log"]:
+            axes.set_xscale("log")
+            axes.xaxis.set_major_formatter(plain)
+        axes.set_yscale("log")
+        axes.yaxis.set_major_formatter(plain)
+        axes.grid(True, which="major", alpha=0.3)
+        axes.legend(fontsize="small")
+    save_png(fig, path)
+    return fig
+
+
 def plot_lines(series: list[Series], path: Path, title: str, xlabel: str, ylabel: str,
                logx: bool = False, logy: bool = False) -> Figure:
     """One panel of lines (the probes' plots)."""

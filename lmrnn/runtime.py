@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,6 +56,19 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """(CPU seconds this process has used, all its threads; busy CPU seconds of the whole
+    machine, every core and process, from /proc/stat, or NaN where there is none). Their
+    difference over a run is the CPU time other work took from its cores."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, stat.readline().split()[1:9])
+        machine = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        machine = float("nan")
+    return time.process_time(), machine
 
 
 def rng_state() -> dict:

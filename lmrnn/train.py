@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import signal
 import statistics
 import threading
@@ -36,18 +37,18 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from lmrnn import __version__, checkpoint
-from lmrnn.config import RunConfig
+from lmrnn.config import RunConfig, resolve_defaults
 from lmrnn.console import SilentProgress, TrainingProgress
 from lmrnn.averaging import WeightAverage, should_start
 from lmrnn.data import SPLITS, Corpus, as_long, batchify, load_or_train_tokenizer, load_split
-from lmrnn.errors import UserError
+from lmrnn.errors import Diverged, UserError
 from lmrnn.evaluate import figures, score_split
 from lmrnn.models import RNNLM, NgramLM, build_model, detach_hidden, map_hidden
 from lmrnn.ngram import KneserNey
 from lmrnn.optimizer import build_optimizer, guarded_step, load_optimizer_state
 from lmrnn.regularizers import activation_penalty
-from lmrnn.runtime import (Ranks, autocast, autocast_dtype, rng_state, seed_everything, set_rng_state, start_ranks,
-                           stop_ranks)
+from lmrnn.runtime import (Ranks, autocast, autocast_dtype, cpu_seconds, rng_state, seed_everything, set_rng_state,
+                           start_ranks, stop_ranks)
 from lmrnn.schedule import budget_progress, learning_rate, window_length
 from lmrnn.tokenizer import Tokenizer
 
@@ -93,20 +94,24 @@ def loss_jumped(recent: list[float], loss: float) -> bool:
 
 
 def train(cfg: RunConfig, run_dir: Path, resume: bool = False, overwrite: bool = False,
-          progress: TrainingProgress | None = None) -> dict:
+          progress: TrainingProgress | None = None, pause_at: float = 1.0) -> dict:
     """Train a run into `run_dir` (or continue it with `resume`) and return its summary. Started
-    by torchrun, this process trains its rank's share of a distributed run."""
+    by torchrun, this process trains its rank's share of a distributed run. With `pause_at` < 1
+    it stops once that fraction of the budget is used, saved but not tested (stopped_by
+    "paused"), on the schedule of the whole budget: a later --resume continues it exactly, as
+    successive halving needs (lmrnn.tuning)."""
     ranks, device = start_ranks(cfg.device)
     try:
         with contextlib.ExitStack() as held:  # the run's lock, taken once the slow set-up is done
-            return _train(cfg, run_dir, resume, overwrite, progress, held, ranks, device)
+            return _train(cfg, run_dir, resume, overwrite, progress, held, ranks, device, pause_at)
     finally:
         stop_ranks(ranks)
 
 
 def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progress: TrainingProgress | None,
-           held: contextlib.ExitStack, ranks: Ranks, device: torch.device) -> dict:
+           held: contextlib.ExitStack, ranks: Ranks, device: torch.device, pause_at: float) -> dict:
     wall_start = time.perf_counter()
+    resolve_defaults(cfg)
     seed_everything(cfg.seed)
     amp_dtype = autocast_dtype(device, cfg.train.precision)
     main = ranks.main  # rank 0: the only writer of the run directory
@@ -168,7 +173,8 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
     # position = the next window's first column; val_losses = every validation loss (nt_asgd's trigger)
     state = {"step": 0, "epoch": 0, "position": 0, "tokens": 0, "train_seconds": 0.0, "elapsed_seconds": 0.0,
              "best_val_loss": math.inf, "plateau_scale": 1.0, "hidden": [], "bad_steps": 0,
-             "interval": [0.0, 0.0, 0], "recent": [], "saved_at": 0.0, "val_losses": []}
+             "interval": [0.0, 0.0, 0], "recent": [], "saved_at": 0.0, "val_losses": [],
+             "cpu_seconds": 0.0, "machine_cpu_seconds": 0.0}
     if main:
         held.enter_context(checkpoint.run_lock(run_dir))  # from here on, this process owns the folder
     if resume:  # every rank reads the state (a run on several machines needs --out on shared storage)
@@ -224,6 +230,11 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
         now = time.perf_counter() - loop_start
         return {"elapsed_seconds": state["elapsed_seconds"] + now, "train_seconds": state["train_seconds"] + now - paused}
 
+    def cpu_totals() -> dict:
+        """CPU seconds of this process and busy CPU seconds of the whole machine, earlier sessions included."""
+        own, machine = (base + now - start for base, now, start in zip(cpu_base, cpu_seconds(), cpu_start))
+        return {"cpu_seconds": own, "machine_cpu_seconds": machine}
+
     def save_state(hidden, totals: dict) -> None:
         """Every rank takes part (the hidden rows and RNG states are gathered); rank 0 writes."""
         h = [] if hidden is None else [ranks.gather_rows(t.detach()).cpu()
@@ -232,7 +243,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
         state["interval"] = [loss_sum, norm_sum, interval_steps]
         state["saved_at"] = totals.get("elapsed_seconds", state["elapsed_seconds"])
         if main:
-            checkpoint.save_train_state(run_dir, {**state, **totals, "hidden": h, "model": model.state_dict(),
+            checkpoint.save_train_state(run_dir, {**state, **totals, **cpu_totals(), "hidden": h, "model": model.state_dict(),
                                                   "optimizer": optimizer.state_dict(), "rng": rngs[0],
                                                   "average": average.state_dict(),
                                                   **({"scaler": scaler.state_dict()} if scaler else {}),
@@ -243,7 +254,8 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
         weights; plateau schedule; nt_asgd's trigger; save resumable state."""
         averaged = average.active
         with average.applied():
-            nll, count = score_split(model, splits["validation"], tc.eval_batch_size, tc.bptt, amp_dtype, ranks)
+            nll, count = score_split(model, splits["validation"], tc.eval_batch_size, tc.bptt, amp_dtype, ranks,
+                                    tc.eval_burn_in)
             loss = nll / count
             improved = loss < state["best_val_loss"]
             if improved:
@@ -269,7 +281,8 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
 
     # ---- the loop
     report = (progress or TrainingProgress()) if main else SilentProgress()
-    loop_start = time.perf_counter()
+    loop_start, cpu_start = time.perf_counter(), cpu_seconds()
+    cpu_base = (state["cpu_seconds"], state["machine_cpu_seconds"])
     paused = 0.0  # seconds spent validating and saving: not training time
     totals = {"elapsed_seconds": state["elapsed_seconds"]}  # the clock as of the last step (rank 0's)
 
@@ -328,7 +341,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
         report.line(f"step {step:>7} | non-finite loss or gradient: update skipped "
                     f"({bad_in_a_row} in a row, {state['bad_steps']} in all)")
         if bad_in_a_row >= tc.max_bad_steps:
-            raise UserError(
+            raise Diverged(
                 f"training diverged: {bad_in_a_row} steps in a row had a non-finite loss or gradient "
                 f"(up to step {step}); the last good checkpoint is kept; continue it with a "
                 f"lower rate, e.g. lmrnn train --resume --out {run_dir} -s train.lr={tc.lr / 4:g}")
@@ -409,7 +422,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
             report.update(progress, text)
             # one process stops at once; ranks stop together, at the all-reduce after the request
             stop_asked = stop_asked or (not ranks.joined and stop.asked is not None)
-            done = progress >= 1.0 or stop_asked
+            done = progress >= min(1.0, pause_at - 1e-9) or stop_asked
             pause_start = time.perf_counter()
             save_due = ((tc.save_every and state["step"] % tc.save_every == 0) or
                         (tc.save_minutes and totals["elapsed_seconds"] - state["saved_at"] >= 60 * tc.save_minutes))
@@ -423,24 +436,33 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
             paused += pause
             interval_start += pause
 
-    state.update(clock())  # final totals, taken before the (slow) last save
+    state.update({**clock(), **cpu_totals()})  # final totals, taken before the (slow) last save
     save_state(hidden, {})  # with the carried state, for a later extension
 
-    # ---- final figures with the best weights (read by rank 0, sent to the others)
-    if main:
-        checkpoint.load_weights(run_dir, model, device)
-    ranks.broadcast_module(model)
-    nll, _ = score_split(model, splits["test"], tc.eval_batch_size, tc.bptt, amp_dtype, ranks)
-    test = figures(nll, splits["test"])
-    record({"event": "eval", "split": "test", "step": state["step"], "loss": nll / splits["test"].tokens, **test})
+    # ---- final figures with the best weights (read by rank 0, sent to the others); a run
+    # paused short of its budget (or stopped before its pause) is not scored on test
+    budget_used = used(state["elapsed_seconds"])
+    untested = pause_at < 1.0 and budget_used < 1.0
+    test = dict.fromkeys(("ppl", "word_ppl", "bits_per_byte"))
+    if not untested:
+        if main:
+            checkpoint.load_weights(run_dir, model, device)
+        ranks.broadcast_module(model)
+        nll, _ = score_split(model, splits["test"], tc.eval_batch_size, tc.bptt, amp_dtype, ranks, tc.eval_burn_in)
+        test = figures(nll, splits["test"])
+        record({"event": "eval", "split": "test", "step": state["step"], "loss": nll / splits["test"].tokens, **test})
+    # other work's share of the machine's CPU time while this run trained (0 = it had the cores to itself)
+    others = (state["machine_cpu_seconds"] - state["cpu_seconds"]) / max(state["elapsed_seconds"] * (os.cpu_count() or 1), 1e-9)
     summary = {
-        "run": str(run_dir), "cell": cfg.model.cell, "params": model.num_parameters(), "steps": state["step"],
+        "run": str(run_dir), "cell": cfg.model.cell, "params": model.num_parameters(), "lr": tc.lr, "steps": state["step"],
         "epochs": round(epochs_done(), 4), "train_tokens": state["tokens"], "train_seconds": round(state["train_seconds"], 2),
         "train_tokens_per_second": round(state["tokens"] / max(state["train_seconds"], 1e-9), 1),
         "wall_seconds": round(time.perf_counter() - wall_start, 2), "best_val_ppl": math.exp(state["best_val_loss"]),
         "test_ppl": test["ppl"], "test_word_ppl": test["word_ppl"], "test_bits_per_byte": test["bits_per_byte"],
-        "skipped_steps": state["bad_steps"], "stopped_by": stop.asked or ("terminate" if stop_asked else "budget"),
-        "device": device.type, "processes": ranks.size, "lmrnn_version": __version__, "torch_version": torch.__version__,
+        "skipped_steps": state["bad_steps"], "budget_used": round(budget_used, 6),
+        "stopped_by": stop.asked or ("terminate" if stop_asked else "paused" if untested else "budget"),
+        "cpu_seconds": round(state["cpu_seconds"], 2), "others_cpu_share": round(max(0.0, others), 4) if math.isfinite(others) else None,
+        "threads": torch.get_num_threads(), "device": device.type, "processes": ranks.size, "lmrnn_version": __version__, "torch_version": torch.__version__,
     }
     if main:
         checkpoint.write_summary(run_dir, summary)

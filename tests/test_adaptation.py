@@ -81,4 +81,4 @@ def test_adapt_run_and_the_eval_command(tiny_run):
     rows = json.loads(result.stdout)
     assert [r["method"] for r in rows] == ["static", "cache", "dynamic"] and rows[0]["gain"] == 0.0
     bad = CliRunner().invoke(app, ["eval", str(tiny_run), "--cache", "--batch-size", "4"])
-    assert bad.exit_code == 1 and "drop --split and --batch-size" in bad.stderr
+    assert bad.exit_code == 1 and "drop --split, --batch-size and --burn-in" in bad.stderr

@@ -108,6 +108,7 @@ def test_a_tampered_train_state_is_refused_before_its_code_runs(tmp_path):
     assert not marker.exists()
 
 
+FORMAT_7_KEYS = ("  eval_burn_in: 256\n", "  init_range: 0.1\n", "  recurrent_init: uniform\n")
 FORMAT_5_KEYS = ("  locked_dropout: false\n", "  embedding_dropout: 0.0\n", "  weight_drop: 0.0\n", "  layer_norm: false\n",
                  "  variable_bptt: false\n", "  asgd_patience: 5\n", "  ar: 0.0\n", "  tar: 0.0\n")
 
@@ -115,10 +116,16 @@ FORMAT_5_KEYS = ("  locked_dropout: false\n", "  embedding_dropout: 0.0\n", "  w
 def test_config_format_versions(tmp_path):
     run, _, cfg = make_run(tmp_path)
     text = (run / "config.yaml").read_text()
-    assert text.startswith("format: 6\n") and all(key in text for key in FORMAT_5_KEYS) and "  output: softmax\n" in text
-    before_6 = text.replace("format: 6\n", "format: 5\n").replace("  output: softmax\n", "")
+    assert text.startswith("format: 7\n") and all(key in text for key in FORMAT_5_KEYS) and "  output: softmax\n" in text
+    before_7 = text.replace("format: 7\n", "format: 6\n")
+    for key in FORMAT_7_KEYS:
+        before_7 = before_7.replace(key, "")
+    (run / "config.yaml").write_text(before_7)
+    old_cfg = checkpoint.read_config(run)  # format 6 evaluates from the zero state, with the old initialisation
+    assert (old_cfg.train.eval_burn_in, old_cfg.model.init_range, old_cfg.model.recurrent_init) == (0, 0.1, "uniform")
+    before_6 = before_7.replace("format: 6\n", "format: 5\n").replace("  output: softmax\n", "")
     (run / "config.yaml").write_text(before_6)
-    assert checkpoint.read_config(run) == cfg  # format 5 gains model.output, the full softmax
+    assert checkpoint.read_config(run) == old_cfg  # format 5 gains model.output, the full softmax
     before_5 = before_6
     for key in FORMAT_5_KEYS:
         before_5 = before_5.replace(key, "")
@@ -129,16 +136,16 @@ def test_config_format_versions(tmp_path):
     (run / "config.yaml").write_text(old)
     migrated = checkpoint.read_config(run)
     assert migrated.train.save_minutes == 0.0 and migrated.train.max_bad_steps == 10  # format 1's behaviour
-    assert migrated.model == cfg.model
+    assert migrated.model == old_cfg.model
     (run / "config.yaml").write_text(before_5.replace("format: 5", "format: 2").replace("  order: 5\n", "")
                                      .replace("  streaming: false\n", ""))
     assert checkpoint.read_config(run).model.order == 5  # format 2 gains model.order
     (run / "config.yaml").write_text(before_5.replace("format: 5", "format: 3").replace("  streaming: false\n", ""))
     assert checkpoint.read_config(run).data.streaming is False  # format 3 gains data.streaming
     (run / "config.yaml").write_text(before_5.replace("format: 5", "format: 4"))
-    assert checkpoint.read_config(run) == cfg  # format 4 gains the regularisers, all off
-    (run / "config.yaml").write_text(text.replace("format: 6", "format: 7"))
-    with pytest.raises(UserError, match="written by a newer lmrnn \\(run format 7; .* reads up to 6\\)"):
+    assert checkpoint.read_config(run) == old_cfg  # format 4 gains the regularisers, all off
+    (run / "config.yaml").write_text(text.replace("format: 7", "format: 8"))
+    with pytest.raises(UserError, match="written by a newer lmrnn \\(run format 8; .* reads up to 7\\)"):
         checkpoint.read_config(run)
     (run / "config.yaml").write_text(text.replace("  bptt: 70\n", ""))
     with pytest.raises(UserError, match="is missing train.bptt"):

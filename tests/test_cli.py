@@ -91,11 +91,14 @@ def test_eval_compares_runs_and_other_data(tiny_run, tmp_path):
     assert row["words"] == 3 * (8 + 1)  # 5% of 60 lines, each 8 words + end of line
 
 
-def test_eval_batch_size_changes_only_the_row_starts(tiny_run):
-    [wide] = json.loads(run("eval", tiny_run, "--json").stdout)
+def test_eval_does_not_depend_on_the_batch_size(tiny_run):
+    [wide] = json.loads(run("eval", tiny_run, "--json", "--batch-size", "32").stdout)
     [single] = json.loads(run("eval", tiny_run, "--json", "--batch-size", "1").stdout)
-    assert single["tokens"] == wide["tokens"]  # every token still scored once
-    assert single["nll"] == pytest.approx(wide["nll"], rel=0.05)  # only the 8 row starts differ
+    [cold] = json.loads(run("eval", tiny_run, "--json", "--batch-size", "32", "--burn-in", "0").stdout)
+    assert single["tokens"] == wide["tokens"] == cold["tokens"]  # every token still scored once
+    # each row reads the 256 tokens before it: as one stream (a split this short: exactly)
+    assert wide["nll"] == pytest.approx(single["nll"], rel=1e-5)
+    assert cold["nll"] != pytest.approx(single["nll"], rel=1e-3)  # 32 rows from the zero state
     assert_fails_cleanly(run("eval", tiny_run, "--batch-size", "0"), "--batch-size must be >= 1")
 
 
@@ -134,7 +137,7 @@ def runs(tiny_run, tmp_path):
         shutil.copytree(tiny_run, made[name])
     config = (tiny_run / "config.yaml").read_text()
     (made["weights"] / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{bad")
-    (made["newer"] / "config.yaml").write_text(config.replace("format: 6", "format: 7"))
+    (made["newer"] / "config.yaml").write_text(config.replace("format: 7", "format: 8"))
     (made["mismatch"] / "config.yaml").write_text(config.replace("vocab_size: 300", "vocab_size: 299"))
     (made["missing_key"] / "config.yaml").write_text(config.replace("  num_layers: 1\n", ""))
     torch.save({"step": 1, "model": {}, "optimizer": {}, "rng": {}, "x": Payload(str(tmp_path / "pwned"))},
@@ -195,7 +198,7 @@ BAD_INPUTS = [
     ("generate {run} --interactive -p x", "--interactive reads its prompts"),
     ("generate {tmp}/nothing", "run directory not found"),
     ("generate {weights} -p x", "model.safetensors is truncated, corrupted"),
-    ("generate {newer}", "written by a newer lmrnn (run format 7"),
+    ("generate {newer}", "written by a newer lmrnn (run format 8"),
     ("generate {missing_key}", "is missing model.num_layers"),
     ("generate {tokenizer}", "is not a SentencePiece model"),
     ("score {run} --text-file {tmp}/missing.txt", "no such file"),
@@ -206,6 +209,7 @@ BAD_INPUTS = [
     ("eval {weights}", "model.safetensors is truncated, corrupted"),
     ("eval {mismatch}", "tokenizer.model has 300 pieces but config.yaml says model.vocab_size=299"),
     ("eval {run} --batch-size 0", "--batch-size must be >= 1"),
+    ("eval {run} --burn-in -1", "--burn-in must be >= 0"),
     ("eval {run} --data {tmp}/missing.txt", "no such file or folder"),
     ("compare {corpus} --cells lstm,cnn --out {tmp}/cmp", "--cells"),
     ("compare {corpus} --max-steps 0 --out {tmp}/cmp", "--max-steps must be > 0"),

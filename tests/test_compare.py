@@ -7,7 +7,8 @@ import pytest
 from safetensors.torch import load_file
 
 from lmrnn import checkpoint
-from lmrnn.compare import CURVES, REPORT, RESULTS, aggregate, compare, matched_hidden_size, parse_cells, parse_seeds, plan_sizes, report_markdown
+from lmrnn.compare import REPORT, RESULTS, aggregate, compare, matched_hidden_size, parse_cells, parse_seeds, plan_sizes
+from lmrnn.comparison_report import CURVES, report_markdown
 from lmrnn.config import load_config
 from lmrnn.console import ComparisonProgress
 from lmrnn.errors import UserError
@@ -64,13 +65,52 @@ def test_unmatchable_sizes_and_bad_lists_are_user_errors():
     assert parse_cells(" rnn, gru ") == ["rnn", "gru"] and parse_seeds("3,1") == [3, 1]
 
 
+def test_compare_tunes_each_cell_on_validation_then_trains_every_seed(tmp_path):
+    from lmrnn.tuning import parse_knobs
+
+    corpus = write_corpus(tmp_path / "corpus")
+    out = tmp_path / "cmp"
+    cfg = tiny_cfg(corpus, steps=9)
+    knobs = parse_knobs(["train.lr=1e-3:1e-1"], cfg)
+    stopped = compare(cfg, ["rnn", "gru"], [1, 2], "hidden", out, knobs=knobs, trials=3,
+                      progress=InterruptOnce(12, at_run=1, after_updates=2))
+    assert stopped["interrupted"] and not (out / RESULTS).exists()
+    results = compare(tiny_cfg(corpus, steps=9), ["rnn", "gru"], [1, 2], "hidden", out, knobs=knobs, trials=3,
+                      progress=ComparisonProgress(12, enabled=False))
+    for cell in ("rnn", "gru"):
+        found = results["tuning"][cell]
+        assert len(found["trials"]) == 3 and sum(t["budget"] == 1.0 for t in found["trials"]) == 1
+        full = next(t for t in found["trials"] if t["budget"] == 1.0)
+        assert full["val_ppl_by_rung"][0] == min(t["val_ppl_by_rung"][0] for t in found["trials"])  # promoted on validation
+        assert found["best"] == {"train.lr": full["train.lr"]} and full["val_ppl"] == full["val_ppl_by_rung"][1]
+        for trial in found["trials"]:
+            run = out / "tuning" / cell / f"trial{trial['trial']}"
+            tested = [r for r in checkpoint.read_metrics(run) if r.get("split") == "test"]
+            assert bool(tested) == (trial["budget"] == 1.0)  # a paused trial is never scored on test
+            trial_cfg = checkpoint.read_config(run)
+            assert (trial_cfg.seed, trial_cfg.train.lr, trial_cfg.train.max_steps) == (3, trial["train.lr"], 9)
+            assert checkpoint.read_summary(run)["steps"] == 9 * trial["budget"]
+        for seed in (1, 2):  # every seed trains the chosen setting, afresh
+            assert checkpoint.read_config(out / f"{cell}-seed{seed}").train.lr == full["train.lr"]
+    saved = json.loads((out / RESULTS).read_text())
+    assert saved["tuning"]["gru"]["best"] == results["tuning"]["gru"]["best"]
+    assert saved["tuning_plan"]["rungs"] == [[1 / 3, 3], [1.0, 1]] and saved["tuning_plan"]["seed"] == 3
+    report = (out / REPORT).read_text()
+    assert "## Tuning" in report and "train.lr in [0.001, 0.1] (log scale)" in report and "## Differences" in report
+    assert (out / "tuning.png").read_bytes().startswith(PNG)
+    with pytest.raises(UserError, match="different settings.*tune"):
+        compare(tiny_cfg(corpus, steps=9), ["rnn", "gru"], [1, 2], "hidden", out, trials=3,
+                knobs=parse_knobs(["train.lr=1e-3:1e-2"], cfg), progress=ComparisonProgress(12, enabled=False))
+
+
 def test_aggregate_mean_and_sample_sd():
     runs = [{key: value for key in ("best_val_ppl", "test_ppl", "test_word_ppl", "test_bits_per_byte",
                                     "train_tokens_per_second", "wall_seconds")} for value in (2.0, 4.0, 9.0)]
     stats = aggregate(runs)["test_ppl"]
     assert stats["mean"] == 5.0 and stats["sd"] == pytest.approx(((9 + 1 + 16) / 2) ** 0.5)
     assert (stats["min"], stats["max"], stats["n"]) == (2.0, 9.0, 3)
-    assert aggregate(runs[:1])["test_ppl"]["sd"] == 0.0
+    assert stats["ci95"] == pytest.approx(4.303 * stats["sd"] / 3 ** 0.5, rel=1e-3)
+    assert aggregate(runs[:1])["test_ppl"]["sd"] == 0.0 and aggregate(runs[:1])["test_ppl"]["ci95"] is None
 
 
 class InterruptOnce(ComparisonProgress):

@@ -61,7 +61,7 @@ def test_precedence_file_then_overrides_then_flags(tmp_path):
     ("model=3", "'model' is a section"),
     ("train.bptt", "must look like key.path=value"),
     ("model.dropout=1.5", "model.dropout must be in [0, 1)"),
-    ("train.lr=0", "train.lr must be > 0"),
+    ("train.lr=-1", "train.lr must be > 0"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(UserError, match=__import__("re").escape(message)):

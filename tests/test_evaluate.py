@@ -65,3 +65,44 @@ def test_evaluation_restores_training_mode_and_is_deterministic():
     a = score_split(m, split(), 4, 6)
     assert m.training
     assert score_split(m, split(), 4, 6) == a  # dropout off during evaluation
+
+
+def test_scoring_rows_by_hand():
+    """Stream e a b c d f g h i (ids 0..8), N = 8 pairs, B = 3 rows of L = 3, burn-in K = 2."""
+    from lmrnn.data import IGNORE_INDEX as I
+    from lmrnn.evaluate import scoring_rows
+
+    x, y, starts = scoring_rows(np.arange(9), batch_size=3, burn_in=2)
+    # row 0: two columns of padding (x = ids[0]) then pairs 0..2; row 1 reads pairs 1, 2 first
+    assert x.tolist() == [[0, 0, 0, 1, 2], [1, 2, 3, 4, 5], [4, 5, 6, 7, 0]]
+    assert y.tolist() == [[I, I, 1, 2, 3], [I, I, 4, 5, 6], [I, I, 7, 8, I]]
+    assert starts.tolist() == [2, 0, 0]  # row 0's text begins at column 2: its state restarts there
+    x, y, starts = scoring_rows(np.arange(9), batch_size=3, burn_in=5)  # more burn-in than text before rows 0, 1
+    assert starts.tolist() == [5, 2, 0]
+    assert x[1, 2:].tolist() == [0, 1, 2, 3, 4, 5] and y[1].tolist() == [I] * 5 + [4, 5, 6]
+    assert (y != I).sum() == 8  # every target once
+    x0, y0, s0 = scoring_rows(np.arange(9), batch_size=3, burn_in=0)
+    assert x0.tolist() == [[0, 1, 2], [3, 4, 5], [6, 7, 0]] and s0.tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "ffnn"])
+@pytest.mark.parametrize("batch_size", [2, 3, 7, 32])
+def test_burn_in_over_the_whole_prefix_equals_one_stream(cell, batch_size):
+    """With a burn-in as long as the split, each row reads everything before it from the start
+    of the stream and the zero state: the figure is single-stream scoring's, for any batch."""
+    from lmrnn.models import build_model
+
+    torch.manual_seed(2)
+    m = build_model(ModelConfig(cell=cell, vocab_size=V, embedding_dim=8, hidden_size=8, num_layers=2, dropout=0.3,
+                                context=3))
+    with torch.no_grad():  # larger weights: a state that carries much from token to token
+        for p in m.parameters():
+            p.mul_(5)
+    s = split()
+    one, _ = score_split(m, s, batch_size=1, bptt=7)
+    assert score_split(m, s, 32, 7)[0] != pytest.approx(one, rel=1e-3)  # rows from the zero state differ
+    nll, tokens = score_split(m, s, batch_size, bptt=7, burn_in=len(s.ids))
+    assert tokens == 100 and nll == pytest.approx(one, rel=2e-6)  # measured: 5e-7 at most
+    for burn_in in (5, 13, 40):  # any burn-in still scores every target once
+        assert score_split(model(uniform=True), s, batch_size, bptt=6, burn_in=burn_in) == \
+            (pytest.approx(100 * math.log(V), rel=1e-6), 100)

@@ -10,7 +10,7 @@ def test_a_guarded_step_on_the_device_does_nothing_at_all_when_told_so(optimizer
     """The fused kernels skip on the device: weights, moments and step count stay as they were,
     from the very first step (fused SGD's momentum buffers exist from the start)."""
     model = torch.nn.Linear(3, 2)
-    opt = build_optimizer(model, load_config(overrides=[f"train.optimizer={optimizer}", "train.momentum=0.9",
+    opt = build_optimizer(model, load_config(overrides=[f"train.optimizer={optimizer}", "train.lr=0.01", "train.momentum=0.9",
                                                         "train.weight_decay=0.1"]).train)
     assert opt.defaults["fused"]
     before = {k: v.clone() for k, v in model.state_dict().items()}

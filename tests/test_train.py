@@ -110,6 +110,22 @@ def test_resume_refuses_a_finished_run_until_the_budget_grows(tiny_run, tmp_path
     assert summary["steps"] == 45
 
 
+def test_a_paused_run_is_untested_and_resumes_into_the_uninterrupted_run(corpus_dir, tmp_path):
+    """pause_at (successive halving's rungs): the schedule is the whole budget's from the start,
+    so pausing at 1/3 and resuming twice ends with the weights of one straight run."""
+    straight = train(tiny_cfg(corpus_dir, "train.max_steps=12"), tmp_path / "straight", progress=QUIET)
+    paused = train(tiny_cfg(corpus_dir, "train.max_steps=12"), tmp_path / "paused", progress=QUIET, pause_at=1 / 3)
+    assert (paused["stopped_by"], paused["steps"], paused["budget_used"]) == ("paused", 4, pytest.approx(1 / 3))
+    assert paused["test_ppl"] is None and not [r for r in checkpoint.read_metrics(tmp_path / "paused") if r.get("split") == "test"]
+    cfg = checkpoint.resume_config(tmp_path / "paused", [], {})
+    assert train(cfg, tmp_path / "paused", resume=True, progress=QUIET, pause_at=2 / 3)["steps"] == 8
+    resumed = train(cfg, tmp_path / "paused", resume=True, progress=QUIET)
+    assert (resumed["stopped_by"], resumed["steps"]) == ("budget", 12) and resumed["test_ppl"] == straight["test_ppl"]
+    weights = [load_file(tmp_path / name / "model.safetensors") for name in ("straight", "paused")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert 0.0 <= straight["others_cpu_share"] <= 1.0 and straight["cpu_seconds"] > 0 and straight["lr"] == 0.01
+
+
 @pytest.mark.parametrize("override, message", [
     ("train.bptt=5000", "too few for train.batch_size=8 rows of train.bptt=5000"),
     ("tokenizer.vocab_size=100", "too small for this corpus"),

@@ -1,0 +1,50 @@
+import math
+
+from lmrnn.comparison_report import budget_text, report_markdown, shared_runs, table_rows
+from lmrnn.significance import pairwise, summarise
+
+
+def results(minutes=0.0, steps=100, others=(0.0, 0.0, 0.0, 0.0), seeds=(1, 2)):
+    runs = []
+    for index, (cell, ppl) in enumerate((("rnn", 200.0), ("rnn", 210.0), ("gru", 150.0), ("gru", 152.0))):
+        runs.append({"run": f"cmp/{cell}-seed{seeds[index % len(seeds)]}", "cell": cell, "compared_as": cell,
+                     "lr": 0.002, "train_tokens": 2240 * steps, "best_val_ppl": ppl, "test_ppl": ppl,
+                     "test_word_ppl": ppl, "test_bits_per_byte": 1.5, "train_tokens_per_second": 7000.0,
+                     "wall_seconds": 60.0, "others_cpu_share": others[index]})
+    runs = runs if len(seeds) > 1 else runs[::2]
+    config = {"train.max_steps": steps, "train.max_minutes": minutes, "train.epochs": 0, "train.batch_size": 64,
+              "train.bptt": 35, "train.optimizer": "adamw", "train.lr": 0.0, "train.lr_schedule": "cosine",
+              "train.clip_grad_norm": 1.0, "model.num_layers": 2, "model.embedding_dim": 256, "model.dropout": 0.3,
+              "tokenizer.model_type": "word"}
+    per_cell = {cell: {key: summarise([float(r[key]) for r in runs if r["cell"] == cell]) for key in (
+        "best_val_ppl", "test_ppl", "test_word_ppl", "test_bits_per_byte", "train_tokens_per_second", "wall_seconds")}
+        for cell in ("rnn", "gru")}
+    return {"corpus": "ptb", "vocab_size": 10000, "match": "params", "reference": "rnn", "cells": ["rnn", "gru"],
+            "seeds": list(seeds), "hidden_sizes": {"rnn": 513, "gru": 289}, "params": {"rnn": 3_620_000, "gru": 3_610_000},
+            "config": config, "per_cell": per_cell, "runs": runs,
+            "differences": pairwise({c: [math.log(r["test_ppl"]) for r in runs if r["cell"] == c] for c in ("rnn", "gru")})}
+
+
+def test_the_report_states_the_budget_and_what_it_equalises():
+    assert budget_text(results(steps=100)) == "max_steps 100, whichever comes first; equal steps and tokens: 224,000 training tokens each"
+    timed = results(minutes=8.0, steps=0)
+    assert budget_text(timed).startswith("8 minutes of training per run (equal wall time")
+
+
+def test_runs_that_shared_the_machine_are_flagged():
+    plain = results()
+    assert not shared_runs(plain) and "Shared the machine" not in report_markdown(plain)
+    busy = results(others=(0.0, 0.45, 0.0, 0.02))
+    assert [r["run"] for r in shared_runs(busy)] == ["cmp/rnn-seed2"]
+    rnn_row, gru_row = table_rows(busy)
+    assert rnn_row[9].endswith(" *") and not gru_row[9].endswith("*")
+    assert "other work took 45% of the CPU time during rnn-seed2" in report_markdown(busy)
+
+
+def test_the_report_says_which_differences_the_seeds_resolve():
+    report = report_markdown(results())
+    assert "## Differences" in report and "| gru | rnn |" in report and "| yes |" in report
+    rnn_row = table_rows(results())[0]
+    assert rnn_row[3] == "0.002" and rnn_row[6] == "205.00 ± 7.07" and " – " in rnn_row[7]  # the 95% interval
+    one_seed = report_markdown(results(seeds=(1,)))
+    assert "One seed per cell: no interval, so no difference is resolved." in one_seed and "(one seed: no spread)" in one_seed
