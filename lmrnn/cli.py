@@ -342,7 +342,7 @@ def compare(
     budget_minutes: Annotated[Optional[float], typer.Option(help="Training minutes per run (replaces the config's stop limits).")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Training steps per run (replaces the config's stop limits).")] = None,
     match: Annotated[Literal["params", "hidden"], typer.Option(help="params: hidden sizes chosen so parameter counts agree within 2% of the LSTM's (or the first cell's) at model.hidden_size; hidden: the same hidden size.")] = "params",
-    seeds: Annotated[str, typer.Option(help="Comma-separated seeds; several give mean ± spread.")] = "1",
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds; several give mean ± spread, 95% intervals and which differences they resolve.")] = "1,2,3",
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Comparison folder. Default: comparisons/<corpus>.")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
