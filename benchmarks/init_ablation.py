@@ -100,9 +100,9 @@ def main() -> None:
         group = list(group)
         word = sum(r["test_word_ppl"] for r in group) / len(group)
         saturated = [r["saturated_share_top"] for r in group if "saturated_share_top" in r]
-        per_seed = " / ".join(f"{r['test_ppl']:,.1f}" for r in group)
+        per_seed = " / ".join(f"{r['test_ppl']:,.2f}" for r in group)
         share = f"{sum(saturated) / len(saturated):.2f}" if saturated else "–"
-        lines.append(f"| {corpus} | {cell} | {init} | {lr:g} | {per_seed} | {word:,.1f} | {share} |")
+        lines.append(f"| {corpus} | {cell} | {init} | {lr:g} | {per_seed} | {word:,.2f} | {share} |")
     table = "\n".join(lines)
     print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -72,15 +72,22 @@ def plot_tuning(results: dict, path: Path) -> Figure:
     """A comparison's search (results["tuning"], lmrnn.tuning): one panel per tuned key,
     validation perplexity of every trial against its value, at the last budget fraction the
     trial reached (larger markers for larger fractions), one colour per cell, the chosen
-    setting starred. Diverged trials are left out."""
+    setting starred; trials above 20x the best figure drawn as triangles at that ceiling.
+    Diverged trials are left out."""
     knobs = results["tuning_plan"]["knobs"]
+    finite = [t["val_ppl"] for found in results["tuning"].values() for t in found["trials"]
+              if t["val_ppl"] is not None and math.isfinite(t["val_ppl"])]
+    ceiling = 20 * min(finite, default=1.0)  # a trial that blew up is drawn at the top edge (a triangle)
     fig = Figure(figsize=(6 * len(knobs), 4.8), layout="constrained")
     for axes, knob in zip(fig.subplots(1, len(knobs), squeeze=False)[0], knobs):
         for index, (cell, found) in enumerate(results["tuning"].items()):
             colour = f"C{index % 10}"
             trials = [t for t in found["trials"] if t["val_ppl"] is not None]
-            axes.scatter([t[knob["key"]] for t in trials], [t["val_ppl"] for t in trials], color=colour, alpha=0.7,
-                         s=[12 + 60 * t["budget"] for t in trials], label=cell)
+            for above, marker in ((False, "o"), (True, "^")):
+                shown = [t for t in trials if (t["val_ppl"] > ceiling) == above]
+                axes.scatter([t[knob["key"]] for t in shown], [min(t["val_ppl"], ceiling) for t in shown], color=colour,
+                             alpha=0.7, marker=marker, s=[12 + 60 * t["budget"] for t in shown],
+                             label=None if above else cell)
             best = next((t for t in trials if all(t[k] == v for k, v in found["best"].items()) and t["budget"] == 1.0), None)
             if best is not None:
                 axes.scatter([best[knob["key"]]], [best["val_ppl"]], color=colour, marker="*", s=260,
@@ -94,6 +101,7 @@ def plot_tuning(results: dict, path: Path) -> Figure:
             axes.xaxis.set_major_formatter(plain)
         axes.set_yscale("log")
         axes.yaxis.set_major_formatter(plain)
+        axes.yaxis.set_minor_formatter(plain)
         axes.grid(True, which="major", alpha=0.3)
         axes.legend(fontsize="small")
     save_png(fig, path)

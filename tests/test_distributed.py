@@ -85,7 +85,11 @@ def test_two_processes_match_one_with_awd_techniques(reference):
     corpus, root = reference
     awd = ["-s", "train.max_steps=12", "-s", "train.variable_bptt=true", "-s", "train.ar=2", "-s", "train.tar=1",
            "-s", "model.layer_norm=true", "-s", "model.locked_dropout=true", "-s", "train.optimizer=nt_asgd",
-           "-s", "train.lr=5", "-s", "train.asgd_patience=1", "-s", "train.eval_every=2"]
+           "-s", "train.lr=5", "-s", "train.asgd_patience=1", "-s", "train.eval_every=2",
+           # SGD at lr 5 from U(+-1) embeddings (the default since format 7) moves weight_ih to ~0.9 in
+           # 12 steps, and the ranks' different summation order then grows to 1.3e-5 there (measured);
+           # at U(+-0.1) the run stays where the 1e-5 bound of assert_same_run was set
+           "-s", "model.init_range=0.1"]
     train(1, corpus, root / "awd-one", *awd)
     train(2, corpus, root / "awd-two", *awd)
     assert_same_run(root / "awd-one", root / "awd-two")
