@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import re
+import shutil
 from pathlib import Path
 
 from lmrnn import checkpoint
@@ -141,6 +142,8 @@ def compare(cfg: RunConfig, cells: list[str], seeds: list[int], match: str, out:
             **({"model.cell": cell, "model.hidden_size": hidden[cell]} if order is None
                else {"model.cell": "ngram", "model.order": order})})
 
+    if overwrite and (out / TUNING).is_dir():
+        shutil.rmtree(out / TUNING)  # --overwrite retrains everything, the search included
     tuned_cells = [cell for cell in cells if knobs and cell in CELLS]
     settings = candidates(list(knobs), trials, TUNING_SOBOL_SEED) if knobs else []
     tuning_seed = max(seeds) + 1  # not one of the reported seeds: their runs are independent of the selection
@@ -151,7 +154,7 @@ def compare(cfg: RunConfig, cells: list[str], seeds: list[int], match: str, out:
             except UserError as err:
                 raise UserError(f"--tune: the setting {setting} does not suit cell {cell}: {err}") from None
     runs = [(cell, seed) for seed in seeds for cell in cells]  # all cells of a seed before the next seed
-    progress = progress or ComparisonProgress(len(tuned_cells) * plan_size(trials) * bool(knobs) + len(runs))
+    progress = progress or ComparisonProgress(len(tuned_cells) * plan_size(trials) + len(runs))
     tuning: dict[str, dict] = {}
     summaries: list[dict] = []
     with progress:
