@@ -30,7 +30,6 @@ successive halving is these 40 lines.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import dataclass
