@@ -1,7 +1,9 @@
 """lmrnn against a bare PyTorch loop at equal CPU minutes, one cell at a time, side by side.
 
     python benchmarks/bare_vs_lmrnn.py --minutes 8 [--cells rnn,lstm,gru] [--bare adamw|sgd]
-        [--config configs/small.yaml] [-s key=value ...]
+        [--config configs/small.yaml] [--preset 60=configs/ptb-cpu.yaml] [-s key=value ...]
+    python benchmarks/bare_vs_lmrnn.py --minutes 8 --tuned comparisons/ptb-tuned
+    python benchmarks/bare_vs_lmrnn.py --minutes 8,15,30,60 --cells lstm     # the budget curve
 
 The bare loop is the 60 lines a user would write from pytorch/examples' word_language_model:
 PTB's own words (one id each, <eos> per line), batch 20 x bptt 35, embedding -> 2-layer
@@ -9,23 +11,32 @@ nn.RNN / nn.LSTM / nn.GRU of 200 -> dropout 0.2 -> linear decoder (untied), the 
 carried across windows, clip 0.25, and either AdamW at 2e-3 ("adamw") or SGD at 20 divided by 4
 whenever validation does not improve ("sgd", word_language_model's own). It validates at each
 epoch end and when its minutes are up (its validations count against its minutes, as lmrnn's
-do), and keeps the best weights.
+do), and keeps the best weights. Its rate does not depend on the budget, so one bare run to the
+largest budget is scored at every budget of a curve (bare_loop says how).
 
-lmrnn trains the same cell from the given config (default: configs/small.yaml at word level,
-its per-cell default learning rate) for the same training minutes. Both are then scored by the
-same exact evaluation: the test split read as one stream (batch 1), so neither figure depends
-on an evaluation batch. The two never run at once (they would slow each other). Prints a table
-and writes benchmarks/results/bare-vs-lmrnn-<minutes>min.json.
+lmrnn trains the same cell for the same training minutes from the given config (default:
+configs/small.yaml at word level, its per-cell default learning rate; --preset MINUTES=PATH
+gives a budget its own preset), or with --tuned DIR from the configuration a `compare --tune`
+chose for that cell (DIR/<cell>-seed1/config.yaml: its size, rate and seed). Both are then
+scored by the same exact evaluation: the test split read as one stream (batch 1), so neither
+figure depends on an evaluation batch. The two never run at once (they would slow each other).
+
+Several --minutes give the curve of budget against test perplexity (a PNG beside the JSON).
+Each finished (cell, minutes) row is written to the JSON at once and skipped when the same
+command runs again, so an hour-long curve can be finished in parts. Prints a table and writes
+benchmarks/results/bare-vs-lmrnn-<minutes>min[-sgd][-tuned].json.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import math
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -82,7 +93,12 @@ def stream_nll(model: BareLM, ids: torch.Tensor, bptt: int = 35) -> float:
     return total / (len(ids) - 1)
 
 
-def bare_loop(cell: str, minutes: float, optimizer_name: str, seed: int = 1) -> dict:
+def bare_loop(cell: str, budgets: list[float], optimizer_name: str, seed: int = 1) -> dict[float, dict]:
+    """One bare run to the largest budget, scored as if it had stopped at each budget too. Its
+    learning rate does not depend on the budget (constant AdamW; SGD divided on plateau at epoch
+    ends), so the run stopped at m minutes is this run's first m minutes, plus the validation it
+    would have made when its time was up. That validation and the test scoring at each budget
+    are left off the clock and off the later budgets' choice of best weights."""
     torch.manual_seed(seed)
     vocab: dict[str, int] = {}
     train_ids, valid_ids, test_ids = (read_words(PTB / f"{name}.txt", vocab) for name in ("train", "valid", "test"))
@@ -94,12 +110,28 @@ def bare_loop(cell: str, minutes: float, optimizer_name: str, seed: int = 1) -> 
     lr = 2e-3 if optimizer_name == "adamw" else 20.0
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr) if optimizer_name == "adamw" else None
     best, best_state, steps, epoch = math.inf, None, 0, 0
-    start = time.perf_counter()  # its validations count against its minutes, as lmrnn's do
+    results: dict[float, dict] = {}
+    pending = sorted(budgets)
+    off_clock = 0.0
+    start = time.perf_counter()  # its epoch-end validations count against its minutes, as lmrnn's do
 
     def seconds() -> float:
-        return time.perf_counter() - start
+        return time.perf_counter() - start - off_clock
 
-    while seconds() < 60 * minutes:
+    def stop_here(minutes: float) -> None:
+        """What a run of `minutes` would report: best of its validations, the last one now."""
+        nonlocal off_clock
+        paused = time.perf_counter()
+        val = stream_nll(model, valid_ids)
+        state = {k: v.clone() for k, v in model.state_dict().items()} if val < best else best_state
+        current = {k: v.clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(state)
+        results[minutes] = {"steps": steps, "epochs": epoch, "seconds": round(seconds(), 1),
+                            "best_val_ppl": math.exp(min(best, val)), "test_word_ppl": math.exp(stream_nll(model, test_ids))}
+        model.load_state_dict(current)
+        off_clock += time.perf_counter() - paused
+
+    while pending:
         hidden = None
         for i in range(0, columns - 1, bptt):
             x, y = x_all[:, i:i + bptt], y_all[:, i:i + bptt]
@@ -116,24 +148,29 @@ def bare_loop(cell: str, minutes: float, optimizer_name: str, seed: int = 1) -> 
                     for p in model.parameters():
                         p.add_(p.grad, alpha=-lr)
             steps += 1
-            if seconds() >= 60 * minutes:
+            while pending and seconds() >= 60 * pending[0]:
+                stop_here(pending.pop(0))
+            if not pending:
                 break
-        epoch += 1
-        val = stream_nll(model, valid_ids)
-        if val < best:
-            best, best_state = val, {k: v.clone() for k, v in model.state_dict().items()}
-        elif optimizer is None:
-            lr /= 4.0
-    model.load_state_dict(best_state)
-    test = stream_nll(model, test_ids)
-    return {"steps": steps, "epochs": epoch, "seconds": round(seconds(), 1), "best_val_ppl": math.exp(best),
-            "test_word_ppl": math.exp(test)}
+        else:
+            epoch += 1
+            val = stream_nll(model, valid_ids)
+            if val < best:
+                best, best_state = val, {k: v.clone() for k, v in model.state_dict().items()}
+            elif optimizer is None:
+                lr /= 4.0
+    return results
 
 
 def lmrnn_run(cell: str, minutes: float, config: Path, overrides: list[str], out: Path) -> dict:
-    cfg = load_config(config, ["tokenizer.model_type=word", "tokenizer.vocab_size=0", "train.epochs=0",
-                               "train.max_steps=0", f"train.max_minutes={minutes}", *overrides],
-                      {"data.source": str(PTB), "model.cell": cell})
+    """Train `cell` for `minutes` from a preset, or from a saved run's config.yaml (a tuned cell)."""
+    limits = ["train.epochs=0", "train.max_steps=0", f"train.max_minutes={minutes}"]
+    if config.name == checkpoint.CONFIG:
+        saved = checkpoint.read_config(config.parent)
+        cfg = load_config(None, [*limits, *overrides], base=dataclasses.asdict(saved))
+    else:
+        cfg = load_config(config, ["tokenizer.model_type=word", "tokenizer.vocab_size=0", *limits, *overrides],
+                          {"data.source": str(PTB), "model.cell": cell})
     summary = train(cfg, out, overwrite=True)
     model, tokenizer, saved = checkpoint.load_run(out, torch.device("cpu"))
     test: Split = load_split(Corpus(saved.data), "test", tokenizer)
@@ -141,33 +178,87 @@ def lmrnn_run(cell: str, minutes: float, config: Path, overrides: list[str], out
     return {"steps": summary["steps"], "epochs": summary["epochs"], "train_seconds": summary["train_seconds"],
             "best_val_ppl": summary["best_val_ppl"], "test_word_ppl": math.exp(nll / test.words),
             "tokens_per_second": summary["train_tokens_per_second"], "lr": summary["lr"],
-            "others_cpu_share": summary["others_cpu_share"], "params": summary["params"]}
+            "others_cpu_share": summary["others_cpu_share"], "params": summary["params"],
+            "hidden_size": saved.model.hidden_size, "config": str(config.relative_to(ROOT) if config.is_relative_to(ROOT) else config)}
+
+
+def cell_config(args: argparse.Namespace, cell: str, minutes: float) -> Path:
+    """The config lmrnn trains `cell` from at `minutes`: the tuned run's, a budget's preset, or --config."""
+    if args.tuned is not None:
+        path = args.tuned / f"{cell}-seed1" / checkpoint.CONFIG
+        if not path.is_file():
+            raise SystemExit(f"{path} not found: --tuned takes a finished `lmrnn compare --tune` folder")
+        return path
+    return args.preset.get(minutes, args.config)
+
+
+def plot_curve(rows: list[dict], bare_optimizer: str, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for cell in sorted({r["cell"] for r in rows}):
+        mine = sorted((r["minutes"], r["lmrnn"]["test_word_ppl"], r["bare"]["test_word_ppl"]) for r in rows if r["cell"] == cell)
+        line, = ax.plot([m for m, _, _ in mine], [p for _, p, _ in mine], "o-", label=f"{cell}, lmrnn")
+        ax.plot([m for m, _, _ in mine], [b for _, _, b in mine], "s--", color=line.get_color(),
+                label=f"{cell}, bare loop ({bare_optimizer})")
+    ax.set_xscale("log")
+    ax.set_xticks(sorted({r["minutes"] for r in rows}), [f"{m:g}" for m in sorted({r["minutes"] for r in rows})])
+    ax.set_xlabel("training minutes (2 CPU cores)")
+    ax.set_ylabel("PTB test word perplexity (one stream)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--minutes", type=float, required=True)
+    parser.add_argument("--minutes", type=lambda s: [float(m) for m in s.split(",")], required=True)
     parser.add_argument("--cells", type=lambda s: s.split(","), default=["rnn", "lstm", "gru"])
     parser.add_argument("--bare", choices=["adamw", "sgd"], default="adamw")
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "small.yaml")
+    parser.add_argument("--preset", action="append", default=[], metavar="MINUTES=PATH",
+                        help="the preset lmrnn trains from at this budget (repeatable)")
+    parser.add_argument("--tuned", type=Path, help="a `compare --tune` folder: train each cell as it chose")
     parser.add_argument("-s", "--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
-    rows = []
-    for cell in args.cells:
-        bare = bare_loop(cell, args.minutes, args.bare)
-        mine = lmrnn_run(cell, args.minutes, args.config, args.overrides,
-                         ROOT / "checkpoints" / f"bare-vs-lmrnn-{args.minutes:g}min-{cell}")
-        rows.append({"cell": cell, "bare": bare, "lmrnn": mine})
-        print(f"{cell:<5} | bare ({args.bare}) test word ppl {bare['test_word_ppl']:8.2f} in {bare['steps']:,} steps "
-              f"| lmrnn {mine['test_word_ppl']:8.2f} in {mine['steps']:,} steps (lr {mine['lr']:g}) "
-              f"| lmrnn / bare {mine['test_word_ppl'] / bare['test_word_ppl']:.3f}", flush=True)
-    out = ROOT / "benchmarks" / "results" / f"bare-vs-lmrnn-{args.minutes:g}min.json"
+    args.preset = {float(m): Path(p) for m, _, p in (item.partition("=") for item in args.preset)}
+    tag = "-".join(f"{m:g}" for m in args.minutes) + "min" + ("-sgd" if args.bare == "sgd" else "") + \
+        ("-tuned" if args.tuned else "")
+    out = ROOT / "benchmarks" / "results" / f"bare-vs-lmrnn-{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "rows": rows, "minutes": args.minutes, "bare_optimizer": args.bare, "config": str(args.config.relative_to(ROOT)),
-        "overrides": args.overrides, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "machine": platform.machine(), "cores": os.cpu_count(),
-        "command": f"python benchmarks/bare_vs_lmrnn.py --minutes {args.minutes:g} --bare {args.bare}"}, indent=2) + "\n")
+    rows = json.loads(out.read_text())["rows"] if out.is_file() else []
+    bare_results: dict[tuple[str, float], dict] = {}
+    for minutes in args.minutes:
+        for cell in args.cells:
+            config = cell_config(args, cell, minutes)
+            done = [r for r in rows if (r["cell"], r["minutes"]) == (cell, minutes)]
+            if done:
+                row = done[0]
+            else:
+                if (cell, minutes) not in bare_results:  # one bare run serves every budget still owed
+                    owed = [m for m in args.minutes if not any((r["cell"], r["minutes"]) == (cell, m) for r in rows)]
+                    bare_results.update({(cell, m): result for m, result in bare_loop(cell, owed, args.bare).items()})
+                bare = bare_results[(cell, minutes)]
+                mine = lmrnn_run(cell, minutes, config, args.overrides,
+                                 ROOT / "checkpoints" / f"bare-vs-lmrnn-{minutes:g}min-{cell}")
+                row = {"cell": cell, "minutes": minutes, "bare": bare, "lmrnn": mine}
+                rows.append(row)
+                out.write_text(json.dumps({
+                    "rows": rows, "bare_optimizer": args.bare, "overrides": args.overrides,
+                    "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads(), "machine": platform.machine(), "cores": os.cpu_count(),
+                    "command": "python benchmarks/bare_vs_lmrnn.py " + " ".join(sys.argv[1:])}, indent=2) + "\n")
+            bare, mine = row["bare"], row["lmrnn"]
+            print(f"{cell:<5} {minutes:>4g} min | bare ({args.bare}) test word ppl {bare['test_word_ppl']:8.2f} "
+                  f"in {bare['steps']:,} steps | lmrnn {mine['test_word_ppl']:8.2f} in {mine['steps']:,} steps "
+                  f"(hidden {mine.get('hidden_size', 256)}, lr {mine['lr']:g}, {mine.get('config', 'configs/small.yaml')}) "
+                  f"| lmrnn / bare {mine['test_word_ppl'] / bare['test_word_ppl']:.3f}", flush=True)
+    if len(args.minutes) > 1:
+        plot_curve(rows, args.bare, out.with_suffix(".png"))
 
 
 if __name__ == "__main__":

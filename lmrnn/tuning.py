@@ -12,8 +12,9 @@ the rungs of Li et al. 2018's Hyperband bracket) then spends the budget:
     rung r = 0 .. R: the trials still in train to eta^(r - R) of the full budget, and the best
     1/eta of them by validation perplexity (at least one) go on to the next rung
 
-N = 9: 9 trials train to 1/9 of the budget, 3 to 1/3, 1 to all of it: three full budgets per
-cell. A trial is paused at its rung, not restarted: its learning-rate schedule is the whole
+A last rung that would train a single trial is skipped: it has no rival left to beat, and the
+chosen setting trains afresh for every seed anyway. N = 9: 9 trials train to 1/9 of the budget
+and 3 to 1/3, the best of those is chosen: two full budgets per cell. A trial is paused at its rung, not restarted: its learning-rate schedule is the whole
 budget's from the first step (lmrnn.train's pause_at), and --resume continues it exactly, so a
 promoted trial is the run it would have been had it never stopped.
 
@@ -39,6 +40,7 @@ from typing import Callable
 from lmrnn import checkpoint
 from lmrnn.config import RunConfig, flatten, load_config
 from lmrnn.errors import Diverged, UserError
+from lmrnn.files import atomic_write
 
 ETA = 3  # successive halving keeps the best third at each rung (Li et al. 2018)
 SEARCH = "search.json"
@@ -122,6 +124,8 @@ def rungs(trials: int) -> list[tuple[float, int]]:
     for rung in range(top + 1):
         schedule.append((float(ETA) ** (rung - top), alive))
         alive = max(1, alive // ETA)
+    if len(schedule) > 1 and schedule[-1][1] == 1:
+        schedule.pop()  # one trial left: nothing to choose between, training it on decides nothing
     return schedule
 
 
@@ -160,7 +164,7 @@ def search(settings: list[dict], trial_config: Callable[[dict], RunConfig], fold
                     return {"interrupted": summary["stopped_by"]}
             record["val_ppl"].append(summary["best_val_ppl"])
             record["budget"] = fraction
-            checkpoint.atomic_write(state_path, json.dumps(records, indent=2) + "\n")
+            atomic_write(state_path, json.dumps(records, indent=2) + "\n")
         if rung + 1 < len(schedule):
             alive = sorted(alive, key=lambda t: rank_key(records[t], rung))[:schedule[rung + 1][1]]
     best = min(alive, key=lambda t: rank_key(records[t], len(schedule) - 1))
