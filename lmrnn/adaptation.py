@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from lmrnn import checkpoint
-from lmrnn.data import IGNORE_INDEX, Corpus, Split, as_long, batchify, load_split, windows
+from lmrnn.data import IGNORE_INDEX, WHOLE, Corpus, Split, as_long, batchify, load_split, windows
 from lmrnn.errors import UserError
 from lmrnn.evaluate import figures
 from lmrnn.models import RNNLM, detach_hidden
@@ -135,19 +135,27 @@ class AdaptedResult:
 def adapt_run(run_dir: Path, cache: bool, dynamic: bool, window: int = 500, device: str = "auto",
               data: str | None = None) -> tuple[dict, list[AdaptedResult]]:
     """Static, cache and/or dynamic figures of a recurrent run on validation and test: each
-    method's settings are the best on validation, then applied to test."""
+    method's settings are the best on validation, then applied to test. `data` replaces the
+    run's corpus; one without splits of its own is the test text whole, and the settings are
+    then picked on the run's own validation split."""
     if window < 1:
         raise UserError(f"--cache-window must be >= 1, got {window}")
     model, tokenizer, cfg = checkpoint.load_run(run_dir, resolve_device(device))
     if not isinstance(model, RNNLM):
         raise UserError(f"{run_dir} is a {cfg.model.cell} model: --cache and --dynamic adapt recurrent runs")
+    corpus = test_corpus = Corpus(cfg.data)
+    test_split = "test"
     if data is not None:
-        cfg.data.source = data
-    corpus = Corpus(cfg.data)
-    splits: dict[str, Split] = {name: load_split(corpus, name, tokenizer) for name in ("validation", "test")}
+        test_corpus = Corpus(dataclasses.replace(cfg.data, source=data))
+        if test_corpus.has_own_splits():
+            corpus = test_corpus
+        else:
+            test_split = WHOLE
+    splits: dict[str, Split] = {"validation": load_split(corpus, "validation", tokenizer),
+                                "test": load_split(test_corpus, test_split, tokenizer)}
     for name, split in splits.items():
         if split.tokens < 1:
-            raise UserError(f"the {name} split is empty")
+            raise UserError(f"the {name} text has no tokens to score")
     bptt = cfg.train.bptt
     streams = {name: read_stream(model, split.ids, bptt) for name, split in splits.items()}
     results = [AdaptedResult("static", {}, float(-streams["validation"].logprobs.sum()),
@@ -169,7 +177,7 @@ def adapt_run(run_dir: Path, cache: bool, dynamic: bool, window: int = 500, devi
         (lr, decay), nll = min(tried.items(), key=lambda item: item[1])
         results.append(AdaptedResult("dynamic", {"lr": lr, "decay": decay}, nll,
                                      dynamic_nll(model, splits["test"].ids, bptt, lr, decay)))
-    return {"run": str(run_dir), "cell": cfg.model.cell, "splits": splits}, results
+    return {"run": str(run_dir), "cell": cfg.model.cell, "splits": splits, "test_split": test_split}, results
 
 
 def adapted_rows(run_dir: Path, cache: bool, dynamic: bool, window: int = 500, device: str = "auto",
@@ -178,7 +186,7 @@ def adapted_rows(run_dir: Path, cache: bool, dynamic: bool, window: int = 500, d
     info, results = adapt_run(run_dir, cache, dynamic, window, device, data)
     validation, test = info["splits"]["validation"], info["splits"]["test"]
     static = results[0].test_nll
-    return [{"run": info["run"], "cell": info["cell"], "method": r.method, "settings": r.settings,
+    return [{"run": info["run"], "cell": info["cell"], "test_split": info["test_split"], "method": r.method, "settings": r.settings,
              "validation_ppl": figures(r.validation_nll, validation)["ppl"],
              **{f"test_{k}": v for k, v in figures(r.test_nll, test).items()},
              "test_nll": r.test_nll, "gain": 1 - math.exp((r.test_nll - static) / test.tokens)} for r in results]

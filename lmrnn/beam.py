@@ -11,6 +11,11 @@ with length counting the end-of-sequence token, as Hugging Face `generate()` doe
 the pool holds N hypotheses that no live beam can still beat (an exact bound, not a heuristic):
 log-probabilities only fall as a beam grows, so its best reachable score is its current sum over
 the length that favours it most (the longest allowed for length_penalty > 0, the next for <= 0).
+
+A banned token (no-repeat-ngram) scores -inf and is never taken. A beam whose every continuation
+is banned is a dead end: it leaves the search without a hypothesis (the log-softmax of its all
+-inf row would be NaN, which topk ranks above every real score, so its row is set to -inf). When
+every beam dies before one finishes, the search returns a single empty "no_allowed_token" one.
 """
 
 from __future__ import annotations
@@ -30,8 +35,8 @@ from lmrnn.sampling import Decoding, NgramBlocker, apply_repetition_penalty
 class Hypothesis:
     tokens: list[int]  # generated ids, the end-of-sequence included when it ended there
     logprob: float  # the model's log-probability of `tokens` (before any penalty)
-    score: float  # the search score: penalised log-probability / length ** length_penalty
-    finish_reason: str  # eos | stop | length | time
+    score: float | None  # the search score: penalised log-probability / length ** length_penalty
+    finish_reason: str  # eos | stop | length | time | no_allowed_token (nothing generated)
 
 
 def beam_search(model: RNNLM, logits: torch.Tensor, hidden: Hidden, context: list[int], decoding: Decoding,
@@ -59,7 +64,8 @@ def beam_search(model: RNNLM, logits: torch.Tensor, hidden: Hidden, context: lis
         if blocker is not None:
             processed = blocker.ban(processed)
         raw = logits.float().log_softmax(dim=-1)  # (live, V)
-        candidates = (sums[:, None] + processed.log_softmax(dim=-1)).view(-1)  # (live * V,)
+        allowed = processed.log_softmax(dim=-1).masked_fill(processed == -math.inf, -math.inf)  # no NaN rows
+        candidates = (sums[:, None] + allowed).view(-1)  # (live * V,)
         top, flat = candidates.topk(min(N, candidates.numel()))
         out_of_time = deadline is not None and time.monotonic() > deadline
         keep_rows, keep_tokens, keep_sums, keep_raw = [], [], [], []
@@ -98,4 +104,6 @@ def beam_search(model: RNNLM, logits: torch.Tensor, hidden: Hidden, context: lis
             blocker.append(keep_tokens)
         logits, hidden = model(next_tokens[:, None], hidden)
         logits = logits[:, -1]  # (live, V)
+    if not finished:  # every beam reached a dead end
+        return [Hypothesis([], 0.0, None, "no_allowed_token")]
     return finished[:decoding.num_return]

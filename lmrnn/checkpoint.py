@@ -10,9 +10,9 @@
 
     .lock              held while a process trains into the folder (pid and host)
 
-Every file is written to a temporary name and moved into place with os.replace, so a crash or a
-full disk during a write leaves the previous complete file in place; only metrics.jsonl is
-appended to, and its readers skip a line torn by a crash. Reading never unpickles code:
+Every file is written through lmrnn.files (a temporary name, fsync, os.replace, fsync of the
+folder), so a crash, a full disk or a power cut during a write leaves the previous complete file
+in place; only metrics.jsonl is appended to, and its readers skip a line torn by a crash. Reading never unpickles code:
 safetensors for weights, torch.load(weights_only=True) for the training state.
 """
 
@@ -25,7 +25,7 @@ import os
 import pickle
 import socket
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 import yaml
@@ -38,6 +38,7 @@ from lmrnn.config import (FORMAT_VERSION, RESUMABLE_KEYS, RunConfig, config_to_y
 from lmrnn.errors import UserError
 from lmrnn.models import RNNLM, FeedForwardLM, NgramLM, build_model
 from lmrnn.ngram import KneserNey
+from lmrnn.files import atomic_write, write_atomically
 from lmrnn.tokenizer import Tokenizer
 
 CONFIG, TOKENIZER, WEIGHTS = "config.yaml", "tokenizer.model", "model.safetensors"
@@ -47,27 +48,6 @@ INFERENCE_FILES = (CONFIG, TOKENIZER, WEIGHTS)
 LOCK = ".lock"
 
 log = logging.getLogger(__name__)
-
-
-def _temporary(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """`write(tmp)` then rename tmp over `path`. A failed write (full disk, unwritable folder)
-    removes tmp and becomes a UserError; `path` keeps its previous complete content."""
-    tmp = _temporary(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError, SafetensorError) as err:  # torch.save reports a full disk as RuntimeError
-        tmp.unlink(missing_ok=True)
-        reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[0][:200]
-        raise UserError(f"cannot write {path} ({reason}); the previous {path.name} is intact") from None
-
-
-def atomic_write(path: Path, data: bytes | str) -> None:
-    write_atomically(path, lambda tmp: tmp.write_bytes(data.encode() if isinstance(data, str) else data))
 
 
 def _process_alive(pid: int) -> bool:
@@ -89,7 +69,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     path, host = run_dir / LOCK, socket.gethostname()
     for _ in range(2):
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # an ordinary file's mode
         except FileExistsError:
             try:
                 owner = json.loads(path.read_text(encoding="utf-8"))

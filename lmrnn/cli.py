@@ -281,8 +281,8 @@ def score(
 @app.command("eval")
 def eval_(
     run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories, compared side by side.")],
-    data: Annotated[Optional[str], typer.Option(help="Evaluate on this corpus instead, with each run's own tokenizer.")] = None,
-    split: Annotated[Literal["train", "validation", "test"], typer.Option(help="Which split to score.")] = "test",
+    data: Annotated[Optional[str], typer.Option(help="Evaluate on this corpus instead, with each run's own tokenizer; a text file, or a folder without train/valid/test files, is scored whole.")] = None,
+    split: Annotated[Optional[Literal["train", "validation", "test"]], typer.Option(help="Which split to score (default: test), where the corpus has splits.")] = None,
     json_: JsonOpt = False,
     batch_size: Annotated[Optional[int], typer.Option(help="Rows scored side by side (default: the run's train.eval_batch_size; 1 = one stream).")] = None,
     burn_in: Annotated[Optional[int], typer.Option(help="Tokens each row reads, unscored, from the stream before it, so that the figure does not depend on --batch-size (default: the run's train.eval_burn_in; 0 = each row from the zero state).")] = None,
@@ -296,7 +296,7 @@ def eval_(
     from lmrnn.evaluate import evaluate_run
 
     if cache or dynamic:
-        return _eval_adapted(run_dirs, data, split, batch_size is not None or burn_in is not None, cache, dynamic,
+        return _eval_adapted(run_dirs, data, split or "test", batch_size is not None or burn_in is not None, cache, dynamic,
                              cache_window, json_, device)
     with user_errors():
         results = [evaluate_run(run_dir, split, data, device, batch_size, burn_in) for run_dir in run_dirs]
@@ -308,10 +308,12 @@ def eval_(
     if json_:
         typer.echo(json.dumps([r.as_dict() for r in results], indent=2))
         return
-    print_table(f"{split} split" + (f" of {data}" if data else ""),
-                ["run", "cell", "params", "tokens", "ppl", "word ppl", "bits/byte"],
+    scored = results[0].split
+    per_char = any(r.tokenizer == "char" for r in results)  # char-rnn's figure, for character-level runs
+    print_table(f"all of {data}" if scored == "whole" else f"{scored} split" + (f" of {data}" if data else ""),
+                ["run", "cell", "params", "tokens", "ppl", "word ppl", "bits/byte"] + ["bits/char"] * per_char,
                 [[r.run, r.cell, f"{r.params:,}", f"{r.tokens:,}", f"{r.ppl:.2f}", f"{r.word_ppl:.2f}",
-                  f"{r.bits_per_byte:.4f}"] for r in results])
+                  f"{r.bits_per_byte:.4f}"] + [f"{r.bits_per_char:.4f}"] * per_char for r in results])
 
 
 def _eval_adapted(run_dirs: list[Path], data: Optional[str], split: str, rows_given: bool, cache: bool,
@@ -327,7 +329,9 @@ def _eval_adapted(run_dirs: list[Path], data: Optional[str], split: str, rows_gi
     if json_:
         _write(json.dumps(rows, indent=2) + "\n")
         return
-    print_table("test split, one stream; cache and dynamic settings picked on validation",
+    whole = rows[0]["test_split"] == "whole"
+    picked_on = "each run's own validation split" if whole else "validation"
+    print_table(f"{f'all of {data}' if whole else 'test split'}, one stream; cache and dynamic settings picked on {picked_on}",
                 ["run", "method", "settings", "val ppl", "test ppl", "test word ppl", "bits/byte", "test ppl change"],
                 [[r["run"], r["method"], " ".join(f"{k} {v:g}" for k, v in r["settings"].items()),
                   f"{r['validation_ppl']:.2f}", f"{r['test_ppl']:.2f}", f"{r['test_word_ppl']:.2f}",
@@ -480,7 +484,7 @@ def tokenizer_train(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing file at --out.")] = False,
 ) -> None:
     """Train a tokenizer once and reuse it: lmrnn train DATA -s tokenizer.path=FILE."""
-    from lmrnn.checkpoint import atomic_write
+    from lmrnn.files import atomic_write
     from lmrnn.data import Corpus
     from lmrnn.tokenizer import train_tokenizer
 

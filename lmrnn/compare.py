@@ -35,6 +35,7 @@ from lmrnn.models import count_parameters
 from lmrnn.comparison_report import CURVES, TUNING_PLOT, report_markdown
 from lmrnn.report import plot_learning_curves, plot_tuning
 from lmrnn.significance import pairwise, summarise
+from lmrnn.files import atomic_write
 from lmrnn.tokenizer import Tokenizer
 from lmrnn.tuning import ETA, Knob, candidates, plan_size, rungs, search
 
@@ -129,7 +130,7 @@ def compare(cfg: RunConfig, cells: list[str], seeds: list[int], match: str, out:
         tokenizer = Tokenizer.load(shared)
     else:
         tokenizer = load_or_train_tokenizer(corpus, cfg.tokenizer)
-        checkpoint.atomic_write(shared, tokenizer.model_bytes)
+        atomic_write(shared, tokenizer.model_bytes)
     cfg.model.vocab_size = tokenizer.vocab_size
     reference, hidden, params = plan_sizes(cfg, cells, match)
     log.info("compare on %s: %s | match %s (reference %s) | %s", corpus.name, ", ".join(cells), match, reference,
@@ -201,10 +202,10 @@ def compare(cfg: RunConfig, cells: list[str], seeds: list[int], match: str, out:
         results["tuning_plan"] = {"knobs": request["tune"], "trials": trials, "eta": ETA, "rungs": rungs(trials),
                                   "seed": tuning_seed}
         plot_tuning(results, out / TUNING_PLOT)
-    checkpoint.atomic_write(out / RESULTS, json.dumps(results, indent=2) + "\n")
+    atomic_write(out / RESULTS, json.dumps(results, indent=2) + "\n")
     plot_learning_curves([(f"{s['cell']} seed {s['seed']}", s["cell"], checkpoint.read_metrics(Path(s["run"])))
                           for s in summaries if s["cell"] != "ngram"], out / CURVES)  # counted: no curve
-    checkpoint.atomic_write(out / REPORT, report_markdown(results))
+    atomic_write(out / REPORT, report_markdown(results))
     return results
 
 
@@ -227,7 +228,7 @@ def _claim(out: Path, request: dict, overwrite: bool) -> None:
     elif out.is_dir() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} is not empty and holds no comparison; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    checkpoint.atomic_write(saved_path, json.dumps(request, indent=2) + "\n")
+    atomic_write(saved_path, json.dumps(request, indent=2) + "\n")
 
 
 STATS = {"best_val_ppl": "best val ppl", "test_ppl": "test ppl", "test_word_ppl": "test word ppl",

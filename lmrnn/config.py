@@ -42,25 +42,52 @@ class DataConfig:
                 raise UserError(f"data.{key} must be between 0 and 0.5, got {getattr(self, key)}")
 
 
+SUBWORD_PIECES = 1000  # tokenizer.vocab_size 0 for bpe and unigram
+
+
 @dataclass
 class TokenizerConfig:
     model_type: Literal["bpe", "unigram", "char", "word"] = "bpe"
-    # capped with a warning when the corpus cannot fill it; with model_type word, 0 = the corpus's
-    # own words, one id each (for already-tokenized corpora such as PTB: a literal <unk> stays a word)
-    vocab_size: int = 1000
+    # 0 = every symbol of the train split for word and char, one id each (for an already-tokenized
+    # corpus such as PTB a literal <unk> stays a word), and 1000 pieces for bpe and unigram. A
+    # size the corpus cannot fill is capped with a warning.
+    vocab_size: int = 0
     character_coverage: float = 1.0  # SentencePiece's name; 1.0 keeps every character
-    byte_fallback: bool = True  # unseen characters become UTF-8 byte pieces, never <unk>
+    # true: unseen characters become UTF-8 byte pieces, never <unk> (256 pieces); false: a model
+    # of exactly its symbols, unseen ones read as <unk> and counted on stderr; auto: true for bpe
+    # and unigram, false for char and word
+    byte_fallback: Literal["auto", "true", "false"] = "auto"
     input_sentence_size: int = 1_000_000  # lines sampled to train the tokenizer; 0 = all
     path: str = ""  # an existing tokenizer.model (from `lmrnn tokenizer train`) to reuse
 
     def __post_init__(self) -> None:
-        if self.vocab_size < 4 and not (self.vocab_size == 0 and self.model_type == "word"):
-            raise UserError(f"tokenizer.vocab_size must be at least 4 (or 0 with model_type word: every word), "
-                            f"got {self.vocab_size}")
+        if isinstance(self.byte_fallback, bool):  # TokenizerConfig(byte_fallback=True) from Python
+            self.byte_fallback = str(self.byte_fallback).lower()
+        if 0 < self.vocab_size < 4 or self.vocab_size < 0:
+            raise UserError(f"tokenizer.vocab_size must be at least 4, or 0 (every word or character; "
+                            f"{SUBWORD_PIECES} pieces for bpe and unigram), got {self.vocab_size}")
         if not 0.9 <= self.character_coverage <= 1.0:
             raise UserError("tokenizer.character_coverage must be between 0.9 and 1.0")
         if self.input_sentence_size < 0:
             raise UserError("tokenizer.input_sentence_size must be >= 0 (0 = all lines)")
+
+    @property
+    def subword(self) -> bool:
+        return self.model_type in ("bpe", "unigram")
+
+    @property
+    def every_symbol(self) -> bool:
+        """One id for every word (word) or character (char) of the train split."""
+        return self.vocab_size == 0 and not self.subword
+
+    @property
+    def pieces(self) -> int:
+        """The vocabulary size asked for: vocab_size, SUBWORD_PIECES for 0 with bpe and unigram."""
+        return SUBWORD_PIECES if self.vocab_size == 0 and self.subword else self.vocab_size
+
+    @property
+    def uses_byte_fallback(self) -> bool:
+        return self.byte_fallback == "true" or (self.byte_fallback == "auto" and self.subword)
 
 
 @dataclass
@@ -190,9 +217,13 @@ DEFAULT_LR = {"rnn": 1.5e-3, "rnn_relu": 1.5e-3, "lstm": 8.7e-3, "gru": 6.5e-3, 
 
 
 def resolve_defaults(cfg: RunConfig) -> RunConfig:
-    """The config a run saves and trains with: train.lr 0 replaced by the cell's default."""
+    """The config a run saves and trains with: train.lr 0 replaced by the cell's default, the
+    tokenizer's automatic size and byte fallback by what they mean for its model type."""
     if cfg.train.lr == 0 and cfg.model.cell != "ngram":
         cfg.train.lr = DEFAULT_LR[cfg.model.cell]
+    tokenizer = cfg.tokenizer
+    tokenizer.vocab_size = tokenizer.pieces
+    tokenizer.byte_fallback = str(tokenizer.uses_byte_fallback).lower()
     return cfg
 
 
@@ -361,6 +392,8 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
     bad = UserError(f"{key} must be {_describe(kind)}, got {value!r}")
     if typing.get_origin(kind) is Literal:
         choices = typing.get_args(kind)
+        if isinstance(value, bool):  # YAML reads true/false as booleans
+            value = str(value).lower()
         if str(value) not in choices:
             raise UserError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
         return str(value)

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import re
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -31,11 +30,13 @@ import torch
 
 from lmrnn.config import DataConfig, TokenizerConfig
 from lmrnn.errors import UserError
-from lmrnn.tokenizer import Tokenizer, train_tokenizer, warn_if_capped
+from lmrnn.files import atomic_write, write_atomically
+from lmrnn.tokenizer import UNK_ID, Tokenizer, train_tokenizer, warn_if_capped
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
+WHOLE = "whole"  # every document of a corpus that has no splits of its own (eval --data FILE)
 IGNORE_INDEX = -100  # F.cross_entropy skips targets with this value (eval padding)
 DEFAULT_CORPUS = Path(__file__).resolve().parent.parent / "corpora" / "stories"
 _SPLIT_FILES = {"train": ("train.txt",), "validation": ("valid.txt", "validation.txt"), "test": ("test.txt",)}
@@ -51,6 +52,7 @@ class Split:
     ids: np.ndarray  # (tokens + 1,) starts with eos; memory-mapped when read from the cache
     words: int  # whitespace words + one end-of-line per document (the PTB convention)
     bytes: int  # UTF-8 bytes + one newline per document
+    characters: int  # Unicode characters + one newline per document
 
     @property
     def tokens(self) -> int:
@@ -85,6 +87,7 @@ class Corpus:
             self.kind = "hub"
             self.files = {}
         self.name = self.path.stem if self.kind == "files" else source.replace("/", "_").replace(":", "_")
+        self._sources: dict[str, Callable[[], Iterator[str]]] | None = None
         self._splits: dict[str, Documents] | None = None
 
     def _local_files(self) -> dict[str, list[Path]]:
@@ -120,13 +123,28 @@ class Corpus:
 
     def documents(self, split: str) -> Documents:
         """The documents of one split, validation and test carved off the end of train,
-        contiguously, when the data has none (counting train's rows once to do so)."""
-        if self._splits is None:
-            sources, count = self._open()
-            if "train" not in sources or not any(doc.strip() for doc in sources["train"]()):
+        contiguously, when the data has none (counting train's rows once to do so); or, for
+        WHOLE, every document of a corpus with no validation or test of its own."""
+        if self._sources is None:
+            self._sources, self._count = self._open()
+            if "train" not in self._sources or not any(doc.strip() for doc in self._sources["train"]()):
                 raise UserError(f"corpus {self.cfg.source or self.path} is empty: no text in its train split")
-            self._splits = _carve_missing_splits(sources, count, self.cfg)
+        if split == WHOLE:
+            if self.has_own_splits():
+                raise UserError(f"{self.cfg.source or self.path} has splits of its own: score one of them")
+            return Documents(self._sources["train"])
+        if self._splits is None:
+            self._splits = _carve_missing_splits(self._sources, self._count, self.cfg)
         return self._splits[split]
+
+    def has_own_splits(self) -> bool:
+        """Whether the data names a validation or test split (files, or dataset splits) rather
+        than having them carved off its text."""
+        if self.kind == "files":
+            return set(self.files) != {"train"}
+        if self._sources is None:
+            self.documents("train")
+        return set(self._sources) != {"train"}
 
     def _open(self) -> tuple[dict[str, Callable[[], Iterator[str]]], Callable[[str], int]]:
         """Per split, a function that starts a pass over its documents; and one that counts them."""
@@ -249,41 +267,43 @@ def load_or_train_tokenizer(corpus: Corpus, cfg: TokenizerConfig) -> Tokenizer:
     except UserError:  # not cached yet, or a damaged entry: train
         tokenizer = train_tokenizer(corpus.documents("train"), cfg)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _temporary(path)
-        tmp.write_bytes(tokenizer.model_bytes)
-        os.replace(tmp, path)
+        atomic_write(path, tokenizer.model_bytes)
     return tokenizer
 
 
 def load_split(corpus: Corpus, split: str, tokenizer: Tokenizer, shard_chars: int = SHARD_CHARS) -> Split:
     """A split's token stream, memory-mapped from the cache; encoded into it first, shard by
-    shard, when this corpus and tokenizer have not made it before."""
+    shard, when this corpus and tokenizer have not made it before. Tokens outside the
+    vocabulary (<unk>: a tokenizer without byte fallback) are counted on stderr, never silently."""
     stem = cache_root(corpus.cfg) / corpus.key() / f"{tokenizer.fingerprint}-{split}"
     meta_path, ids_path = stem.with_suffix(".json"), stem.with_suffix(".bin")
-    cached = _read_cache(meta_path, ids_path)
-    if cached is not None:
-        return cached
+    cached = _read_cache(meta_path, ids_path) or _encode_split(corpus, split, tokenizer, shard_chars, meta_path, ids_path)
+    unknown = int(np.count_nonzero(cached.ids == UNK_ID))
+    if unknown:
+        log.warning("the %s split has %s tokens (%.2f%%) outside the tokenizer's vocabulary, read as <unk>%s",
+                    split, f"{unknown:,}", 100 * unknown / max(1, cached.tokens),
+                    "" if split == "train" else " (symbols the train split lacks, or beyond tokenizer.vocab_size)")
+    return cached
+
+
+def _encode_split(corpus: Corpus, split: str, tokenizer: Tokenizer, shard_chars: int, meta_path: Path,
+                  ids_path: Path) -> Split:
     ids_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(ids_path)
-    with open(tmp, "wb") as out:
-        meta = {"tokens": 0, "words": 0, "bytes": 0, "dtype": id_dtype(tokenizer.vocab_size).name}
-        np.array([tokenizer.eos_id], dtype=meta["dtype"]).tofile(out)
-        for shard in encoded_shards(corpus.documents(split), tokenizer, shard_chars):
-            shard.ids[1:].tofile(out)  # each shard's leading eos is the previous shard's last id
-            meta["tokens"] += shard.tokens
-            meta["words"] += shard.words
-            meta["bytes"] += shard.bytes
-    os.replace(tmp, ids_path)
-    tmp_meta = _temporary(meta_path)
-    tmp_meta.write_text(json.dumps(meta))
-    os.replace(tmp_meta, meta_path)  # last: a cache entry without its meta is rebuilt
+    meta = {"tokens": 0, "words": 0, "bytes": 0, "characters": 0, "dtype": id_dtype(tokenizer.vocab_size).name}
+
+    def encode_into(tmp: Path) -> None:
+        with open(tmp, "wb") as out:
+            np.array([tokenizer.eos_id], dtype=meta["dtype"]).tofile(out)
+            for shard in encoded_shards(corpus.documents(split), tokenizer, shard_chars):
+                shard.ids[1:].tofile(out)  # each shard's leading eos is the previous shard's last id
+                meta["tokens"] += shard.tokens
+                meta["words"] += shard.words
+                meta["bytes"] += shard.bytes
+                meta["characters"] += shard.characters
+
+    write_atomically(ids_path, encode_into)
+    atomic_write(meta_path, json.dumps(meta))  # last: a cache entry without its meta is rebuilt
     return _read_cache(meta_path, ids_path)
-
-
-def _temporary(path: Path) -> Path:
-    """A name to write `path` under before renaming it into place: the first rank of each machine
-    of a distributed run fills the cache, which may be on storage the machines share."""
-    return path.with_name(f"{path.name}.tmp{os.getpid()}-{socket.gethostname()}")
 
 
 def _read_cache(meta_path: Path, ids_path: Path) -> Split | None:
@@ -291,7 +311,7 @@ def _read_cache(meta_path: Path, ids_path: Path) -> Split | None:
         meta = json.loads(meta_path.read_text())
         ids = np.memmap(ids_path, dtype=meta["dtype"], mode="r")
         if len(ids) == meta["tokens"] + 1:
-            return Split(ids, meta["words"], meta["bytes"])
+            return Split(ids, meta["words"], meta["bytes"], meta["characters"])
     except (OSError, ValueError, KeyError, TypeError):
         pass  # not cached, or a damaged entry: rebuilt by the caller
     return None
@@ -315,7 +335,8 @@ def encoded_shards(documents: Iterable[str], tokenizer: Tokenizer, shard_chars: 
             at += len(piece) + 1
             ids[at - 1] = eos
         yield Split(ids, words=sum(len(doc.split()) for doc in shard) + len(shard),
-                    bytes=sum(len(doc.encode("utf-8")) for doc in shard) + len(shard))
+                    bytes=sum(len(doc.encode("utf-8")) for doc in shard) + len(shard),
+                    characters=sum(map(len, shard)) + len(shard))
 
 
 def _shards(documents: Iterable[str], max_chars: int) -> Iterator[list[str]]:
@@ -335,7 +356,7 @@ def encode_documents(documents: Iterable[str], tokenizer: Tokenizer) -> Split:
     """[eos] doc1 [eos] doc2 [eos] ... as one array in memory, with word and byte counts."""
     shards = list(encoded_shards(documents, tokenizer, shard_chars=1 << 62))
     if not shards:
-        return Split(np.array([tokenizer.eos_id], dtype=id_dtype(tokenizer.vocab_size)), 0, 0)
+        return Split(np.array([tokenizer.eos_id], dtype=id_dtype(tokenizer.vocab_size)), 0, 0, 0)
     return shards[0]
 
 

@@ -4,8 +4,10 @@
     word_ppl       = exp(NLL / words)           words = whitespace words + one end-of-line per
                                                 line, the convention of published PTB results
     bits_per_byte  = NLL / ln 2 / bytes         bytes = UTF-8 bytes + one newline per line
+    bits_per_char  = NLL / ln 2 / characters    characters = Unicode characters + one newline
+                                                per line (char-rnn's figure; shown for char runs)
 
-The last two divide the same total NLL by counts that do not depend on the tokenizer, so runs
+The last three divide the same total NLL by counts that do not depend on the tokenizer, so runs
 with different tokenizers compare fairly.
 """
 
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 
 from lmrnn import checkpoint
-from lmrnn.data import IGNORE_INDEX, Corpus, Split, as_long, load_split
+from lmrnn.data import IGNORE_INDEX, WHOLE, Corpus, Split, as_long, load_split
 from lmrnn.errors import UserError
 from lmrnn.models import RNNLM, NgramLM, reset_rows
 from lmrnn.runtime import Ranks, autocast, resolve_device
@@ -36,8 +38,10 @@ class EvalResult:
     ppl: float
     word_ppl: float
     bits_per_byte: float
+    bits_per_char: float
     params: int
     cell: str
+    tokenizer: str  # the tokenizer's model type: bpe, unigram, char or word
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -131,18 +135,19 @@ def score_split(model: RNNLM, split: Split, batch_size: int, bptt: int,
 
 def figures(nll: float, split: Split) -> dict[str, float]:
     return {"ppl": _exp(nll / split.tokens), "word_ppl": _exp(nll / split.words),
-            "bits_per_byte": nll / math.log(2) / split.bytes}
+            "bits_per_byte": nll / math.log(2) / split.bytes, "bits_per_char": nll / math.log(2) / split.characters}
 
 
 def _exp(value: float) -> float:
     return math.exp(value) if value < 700 else math.inf
 
 
-def evaluate_run(run_dir: Path, split: str = "test", data: str | None = None, device: str = "auto",
+def evaluate_run(run_dir: Path, split: str | None = None, data: str | None = None, device: str = "auto",
                  batch_size: int | None = None, burn_in: int | None = None) -> EvalResult:
-    """Score one run directory on a split of its own corpus, or of `data` with its tokenizer,
-    in `batch_size` rows (default: the run's train.eval_batch_size; 1 = one stream), each first
-    reading `burn_in` tokens (default: the run's train.eval_burn_in)."""
+    """Score one run directory on a split (default test) of its own corpus, or of `data` with its
+    tokenizer, in `batch_size` rows (default: the run's train.eval_batch_size; 1 = one stream),
+    each first reading `burn_in` tokens (default: the run's train.eval_burn_in). `data` without
+    splits of its own (a text file, a folder of plain .txt files) is scored whole (split "whole")."""
     if batch_size is not None and batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     if burn_in is not None and burn_in < 0:
@@ -151,13 +156,22 @@ def evaluate_run(run_dir: Path, split: str = "test", data: str | None = None, de
     model, tokenizer, cfg = checkpoint.load_run(run_dir, torch_device)
     if data is not None:
         cfg.data.source = data
-    text = load_split(Corpus(cfg.data), split, tokenizer)
+    corpus = Corpus(cfg.data)
+    if data is not None and not corpus.has_own_splits():
+        if split is not None:
+            raise UserError(f"{data} has no splits of its own (train/valid/test files or dataset splits), so "
+                            "eval --data scores all of it; drop --split")
+        split = WHOLE
+    split = split or "test"
+    text = load_split(corpus, split, tokenizer)
     if text.tokens < 1:
-        raise UserError(f"the {split} split of {cfg.data.source or 'the corpus'} is empty")
+        raise UserError(f"{'the text' if split == WHOLE else f'the {split} split'} of {cfg.data.source or 'the corpus'} "
+                        "has no tokens to score")
     nll, tokens = score_split(model, text, batch_size or cfg.train.eval_batch_size, cfg.train.bptt,
                               burn_in=cfg.train.eval_burn_in if burn_in is None else burn_in)
     return EvalResult(run=str(run_dir), split=split, tokens=tokens, words=text.words, bytes=text.bytes,
-                      nll=nll, params=model.num_parameters(), cell=cfg.model.cell, **figures(nll, text))
+                      nll=nll, params=model.num_parameters(), cell=cfg.model.cell, tokenizer=cfg.tokenizer.model_type,
+                      **figures(nll, text))
 
 
 @dataclass

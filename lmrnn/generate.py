@@ -35,7 +35,7 @@ class Continuation:
     text: str  # the generated text alone, cut before a stop string
     ids: list[int]  # the generated ids, an ending end-of-sequence included
     logprob: float  # the model's log-probability of those ids (nats, before penalties)
-    finish_reason: str  # eos | stop | length | time
+    finish_reason: str  # eos | stop | length | time | no_allowed_token (every next token was banned)
     score: float | None = None  # beam search's length-normalised score
 
     @property
@@ -198,6 +198,9 @@ class TextGenerator:
         with torch.inference_mode():
             logits, hidden = self.model(torch.tensor([context], device=self.device))  # the whole prompt, once
             logits = logits[:, -1]  # (1, V)
+            if not bool(torch.isfinite(logits).all()):
+                raise UserError("the model's outputs after the prompt are not finite numbers: its weights are "
+                                "broken (a diverged run?); generate from another checkpoint")
             if decoding.beams > 1:
                 continuations = self._beams(logits, hidden, context, decoding, deadline, stream)
             else:
@@ -209,7 +212,8 @@ class TextGenerator:
                 generator: torch.Generator, stop_at_eos: bool, deadline: float | None,
                 streams: list[TextStream], on_text: Callable[[str], None] | None) -> list[Continuation]:
         """Greedy or sampled decoding of B = num_samples rows as one batch; a finished row rides
-        along (its tokens ignored) until every row is done."""
+        along (its tokens ignored) until every row is done. A row whose every next token is banned
+        ends there ("no_allowed_token"), never emitting one of them."""
         B, eos = len(streams), self.tokenizer.eos_id
         if B > 1:
             logits = logits.expand(B, -1)
@@ -231,6 +235,17 @@ class TextGenerator:
                 processed = apply_repetition_penalty(processed, seen, decoding.repetition_penalty)
             if blocker is not None:
                 processed = blocker.ban(processed)
+                dead_ends = (processed == -float("inf")).all(dim=-1)  # (B,)
+                if bool(dead_ends.any()):
+                    for row in dead_ends.nonzero().flatten().tolist():
+                        if reasons[row] is None:
+                            log.warning("%s: every next token would repeat a %d-gram (--no-repeat-ngram); it ends "
+                                        "after %d tokens", f"sample {row + 1}" if B > 1 else "the continuation",
+                                        decoding.no_repeat_ngram, len(generated[row]))
+                            reasons[row], live[row] = "no_allowed_token", 0.0
+                    if all(reasons):
+                        break
+                    processed = processed.masked_fill(dead_ends[:, None], 0.0)  # a finished row's draw is ignored
             token = pick_next(processed, decoding, generator)  # (B,)
             logprobs += live * logits.float().log_softmax(dim=-1)[rows, token]
             for row, tok in enumerate(token.tolist()):
@@ -276,9 +291,17 @@ class TextGenerator:
             text = self.tokenizer.decode(line + tokens)[start:]
             return any(s in text for s in stops)
 
+        hypotheses = beam_search(self.model, logits, hidden, context, decoding, self.tokenizer.eos_id,
+                                 deadline, stopped if stops else None)
+        if hypotheses[0].finish_reason == "no_allowed_token":
+            log.warning("every beam reached a token sequence whose every continuation is banned "
+                        "(--no-repeat-ngram %d): nothing was generated", decoding.no_repeat_ngram)
+        elif len(hypotheses) < decoding.num_return:
+            log.warning("only %d of the %d requested beams finished: the others reached a dead end "
+                        "(--no-repeat-ngram %d bans every continuation)", len(hypotheses), decoding.num_return,
+                        decoding.no_repeat_ngram)
         results = []
-        for hypothesis in beam_search(self.model, logits, hidden, context, decoding, self.tokenizer.eos_id,
-                                      deadline, stopped if stops else None):
+        for hypothesis in hypotheses:
             text = stream()
             for token in hypothesis.tokens[:-1] if hypothesis.finish_reason == "eos" else hypothesis.tokens:
                 text.push(token)

@@ -15,7 +15,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from lmrnn.checkpoint import atomic_write
+from lmrnn.files import atomic_write
 
 
 @dataclass

@@ -170,10 +170,15 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch
 
 
 def pick_next(logits: torch.Tensor, decoding: Decoding, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Next token ids (B,) from processed logits (B, V): argmax when greedy, otherwise a draw from
-    softmax(logits / temperature) after top-k / top-p / min-p filtering."""
+    """Next token ids (B,) from processed logits (B, V), each row with at least one finite logit:
+    argmax when greedy, otherwise a draw from softmax(logits / temperature) after top-k / top-p /
+    min-p filtering."""
     if decoding.greedy:
         return logits.argmax(dim=-1)
     temperature = 1.0 if decoding.temperature is None else decoding.temperature
-    scaled = logits.float() / temperature if temperature != 1.0 else logits.float()
+    scaled = logits.float()
+    if temperature != 1.0:
+        # shift the best logit to 0 first (softmax and the filters do not change): a tiny
+        # temperature then sends the others to -inf, never the best to +inf (inf - inf = NaN)
+        scaled = (scaled - scaled.max(dim=-1, keepdim=True).values) / temperature
     return draw(filter_logits(scaled, decoding.top_k, decoding.top_p, decoding.min_p).softmax(dim=-1), generator)

@@ -1,8 +1,13 @@
 """SentencePiece tokenizers: train on a split's documents, load from a run, encode and decode.
 
 Ids: 0 = <unk>, 1 = end of sequence (joins documents in a token stream; also the start-of-text
-context for generation). No BOS or PAD piece: the token stream never needs them. With
-byte_fallback, unseen characters become their UTF-8 byte pieces instead of <unk>.
+context for generation). No BOS or PAD piece: the token stream never needs them. With byte
+fallback (the default for bpe and unigram), unseen characters become their UTF-8 byte pieces
+instead of <unk>; without it, a char or word model has exactly its symbols.
+
+A char model reads the text exactly as char-rnn does: no Unicode normalisation, no space added
+at the start of a line, runs of spaces kept, so its tokens are the text's characters (and one
+end-of-sequence per line) and bits per character follow from its perplexity.
 """
 
 from __future__ import annotations
@@ -84,18 +89,21 @@ def train_tokenizer(documents: Iterable[str], cfg: TokenizerConfig) -> Tokenizer
     most tokenizer.input_sentence_size sampled lines or, at word level, one count per distinct word.
 
     A vocabulary larger than the corpus can fill is capped to the largest size SentencePiece
-    accepts, with a warning; one too small to hold every character is a UserError.
+    accepts, with a warning; one too small to hold every character is a UserError. Word and
+    char models of vocab_size 0 hold every word or every character of the text.
     """
-    if cfg.vocab_size == 0:  # word level: every whitespace word of the text, exactly
+    if cfg.every_symbol and cfg.model_type == "word":  # every whitespace word of the text, exactly
         counts = collections.Counter(word for doc in documents for word in doc.split())
         if not counts:
             raise UserError("the training text is empty: nothing to train a tokenizer on")
-        return Tokenizer(_train_words(counts))
+        return Tokenizer(_train_words(counts, cfg.uses_byte_fallback))
     lines = sample_lines(documents, cfg.input_sentence_size)
     if not lines:
         raise UserError("the training text is empty: nothing to train a tokenizer on")
+    # every character: more pieces than there can be, which SentencePiece caps to exactly them
+    wanted = 1 << 20 if cfg.every_symbol else cfg.pieces
     try:
-        model = _train(lines, cfg, cfg.vocab_size)
+        model = _train(lines, cfg, wanted)
     except RuntimeError as err:
         message = str(err)
         too_high = re.search(r"Vocabulary size too high \(\d+\)\. Please set it to a value <= (\d+)", message)
@@ -127,9 +135,9 @@ def sample_lines(documents: Iterable[str], size: int, seed: int = 0) -> list[str
 
 
 def warn_if_capped(tokenizer: Tokenizer, cfg: TokenizerConfig) -> None:
-    if tokenizer.vocab_size < cfg.vocab_size:
+    if tokenizer.vocab_size < cfg.pieces and not cfg.every_symbol:
         log.warning("tokenizer.vocab_size=%d is more than this corpus can fill; capped at %d",
-                    cfg.vocab_size, tokenizer.vocab_size)
+                    cfg.pieces, tokenizer.vocab_size)
 
 
 @contextlib.contextmanager
@@ -150,11 +158,13 @@ def _native_stderr_silenced():
 
 def _train(lines: list[str], cfg: TokenizerConfig, vocab_size: int) -> bytes:
     buffer = io.BytesIO()
+    exact = {"normalization_rule_name": "identity", "add_dummy_prefix": False,
+             "remove_extra_whitespaces": False} if cfg.model_type == "char" else {}
     with _native_stderr_silenced():
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(lines), model_writer=buffer,
+            sentence_iterator=iter(lines), model_writer=buffer, **exact,
             model_type=cfg.model_type, vocab_size=vocab_size,
-            character_coverage=cfg.character_coverage, byte_fallback=cfg.byte_fallback,
+            character_coverage=cfg.character_coverage, byte_fallback=cfg.uses_byte_fallback,
             input_sentence_size=cfg.input_sentence_size, shuffle_input_sentence=True,
             max_sentence_length=MAX_LINE_BYTES, num_threads=os.cpu_count() or 1,
             unk_id=UNK_ID, eos_id=EOS_ID, bos_id=-1, pad_id=-1,
@@ -164,9 +174,9 @@ def _train(lines: list[str], cfg: TokenizerConfig, vocab_size: int) -> bytes:
     return buffer.getvalue()
 
 
-def _train_words(counts: collections.Counter) -> bytes:
-    """A SentencePiece word model whose pieces are exactly the text's whitespace words: no
-    normalisation, no byte fallback, no splitting of numbers or scripts, and the unknown piece
+def _train_words(counts: collections.Counter, byte_fallback: bool) -> bytes:
+    """A SentencePiece word model whose pieces are exactly the text's whitespace words (and the
+    256 byte pieces with byte fallback): no normalisation, no splitting of numbers or scripts, and the unknown piece
     renamed so that a literal "<unk>" in the data (PTB has 45k) is an ordinary word. Otherwise
     SentencePiece would merge runs of unknown words into one id and the token count would no
     longer be the word count that published perplexities divide by. The trainer reads the word
@@ -175,8 +185,8 @@ def _train_words(counts: collections.Counter) -> bytes:
     with _native_stderr_silenced():
         spm.SentencePieceTrainer.train(
             sentence_iterator=(f"{word}\t{count}" for word, count in counts.most_common()), input_format="tsv",
-            model_writer=buffer, model_type="word", vocab_size=len(counts) + 2,
-            use_all_vocab=True, byte_fallback=False, normalization_rule_name="identity", character_coverage=1.0,
+            model_writer=buffer, model_type="word", vocab_size=len(counts) + 2 + 256 * byte_fallback,
+            use_all_vocab=True, byte_fallback=byte_fallback, normalization_rule_name="identity", character_coverage=1.0,
             split_by_number=False, split_by_unicode_script=False, split_digits=False, input_sentence_size=0,
             max_sentencepiece_length=max(map(len, counts)) + 1, max_sentence_length=MAX_LINE_BYTES,
             num_threads=os.cpu_count() or 1, unk_id=UNK_ID, eos_id=EOS_ID, bos_id=-1, pad_id=-1,
@@ -191,9 +201,9 @@ def _too_small(lines: list[str], cfg: TokenizerConfig, message: str) -> Exceptio
         minimum = int(needed[1])
     elif "(vocab_size) >= (0)" in message:  # the char and word trainers' way of saying it
         characters = set().union(*map(set, lines)) - {" "}
-        minimum = len(characters) + 1 + 2 + (256 if cfg.byte_fallback else 0)  # ▁, <unk>, eos
+        minimum = len(characters) + 1 + 2 + (256 if cfg.uses_byte_fallback else 0)  # ▁, <unk>, eos
     else:
         return RuntimeError(message)  # not a user error: let it raise as a bug
-    fallback = " plus 256 byte pieces" if cfg.byte_fallback else ""
+    fallback = " plus 256 byte pieces; tokenizer.byte_fallback=false drops them" if cfg.uses_byte_fallback else ""
     return UserError(f"tokenizer.vocab_size={cfg.vocab_size} is too small for this corpus: a "
                      f"{cfg.model_type} model needs at least {minimum} pieces (its characters{fallback})")

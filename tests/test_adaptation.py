@@ -82,3 +82,14 @@ def test_adapt_run_and_the_eval_command(tiny_run):
     assert [r["method"] for r in rows] == ["static", "cache", "dynamic"] and rows[0]["gain"] == 0.0
     bad = CliRunner().invoke(app, ["eval", str(tiny_run), "--cache", "--batch-size", "4"])
     assert bad.exit_code == 1 and "drop --split, --batch-size and --burn-in" in bad.stderr
+
+
+def test_cache_on_a_file_scores_it_whole_with_settings_from_the_runs_validation(tiny_run, tmp_path):
+    other = tmp_path / "other.txt"
+    other.write_text("".join(f"the crow sang over the hill {i} .\n" for i in range(60)))
+    info, results = adapt_run(tiny_run, cache=True, dynamic=False, window=50, device="cpu", data=str(other))
+    static, _ = results
+    assert info["test_split"] == "whole" and info["splits"]["test"].words == 60 * 9
+    own, own_results = adapt_run(tiny_run, cache=True, dynamic=False, window=50, device="cpu")
+    assert static.validation_nll == pytest.approx(own_results[0].validation_nll, rel=1e-9)  # the run's validation
+    assert static.test_nll == pytest.approx(evaluate_run(tiny_run, data=str(other), device="cpu", batch_size=1).nll, rel=1e-7)

@@ -106,3 +106,20 @@ def test_no_repeat_ngram_and_repetition_penalty_apply_to_beams():
     repeats = sum(t in context + penalised.tokens[:i] for i, t in enumerate(penalised.tokens) if t != EOS)
     assert repeats <= sum(t in context + plain.tokens[:i] for i, t in enumerate(plain.tokens) if t != EOS)
     assert math.isfinite(penalised.score)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_beam_whose_every_continuation_is_banned_leaves_the_search(seed):
+    """Context [1, 2, 2, 1, 2, 0, 0], V = 3, no-repeat-ngram 2, eos 1: after 0, token 0 is banned;
+    [2] is a dead end (1, 2 and 0 have all followed a 2), so [1] is the only hypothesis, whatever
+    the model. Unfixed, the dead beam's NaN row outranked every real candidate."""
+    found = search(tiny_model(3, seed), [1, 2, 2, 1, 2, 0, 0], beams=2, num_return=2, no_repeat_ngram=2,
+                   max_new_tokens=5)
+    assert [h.tokens for h in found] == [[1]] and found[0].finish_reason == "eos"
+    assert all(math.isfinite(h.score) and math.isfinite(h.logprob) for h in found)
+
+
+def test_a_search_where_every_beam_is_a_dead_end_returns_one_empty_hypothesis():
+    # every token (eos too) has followed the context's last token 2
+    [nothing] = search(tiny_model(3, 0), [2, 0, 2, 1, 2, 2], beams=3, num_return=2, no_repeat_ngram=2)
+    assert (nothing.tokens, nothing.finish_reason, nothing.score) == ([], "no_allowed_token", None)

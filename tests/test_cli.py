@@ -88,7 +88,18 @@ def test_eval_compares_runs_and_other_data(tiny_run, tmp_path):
     other = tmp_path / "other.txt"
     other.write_text("".join(f"the crow sang over the hill {i} .\n" for i in range(60)))
     [row] = json.loads(run("eval", tiny_run, "--data", other, "--json").stdout)
-    assert row["words"] == 3 * (8 + 1)  # 5% of 60 lines, each 8 words + end of line
+    # the whole file (it once scored only its last 5%, the test split carved off it)
+    assert row["split"] == "whole" and row["words"] == 60 * (8 + 1)  # each line 8 words + end of line
+    as_test = tmp_path / "as-test"
+    as_test.mkdir()
+    (as_test / "train.txt").write_text("the king .\n")
+    (as_test / "valid.txt").write_text("the fox .\n")
+    (as_test / "test.txt").write_text(other.read_text())
+    [same] = json.loads(run("eval", tiny_run, "--data", as_test, "--json").stdout)
+    assert same["split"] == "test" and (same["tokens"], same["nll"]) == (row["tokens"], pytest.approx(row["nll"], rel=1e-9))
+    assert "all of" in run("eval", tiny_run, "--data", other).stdout
+    refused = invoke("eval", tiny_run, "--data", other, "--split", "test")
+    assert refused.exit_code != 0 and "no splits of its own" in refused.stderr
 
 
 def test_eval_does_not_depend_on_the_batch_size(tiny_run):

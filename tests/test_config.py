@@ -134,3 +134,17 @@ def test_numeric_overrides_round_trip(n, x):
 def test_non_finite_numbers_are_refused(text):
     with pytest.raises(UserError, match="train.lr must be a finite number|train.lr must be a number"):
         load_config(overrides=[f"train.lr={text}"])
+
+
+def test_byte_fallback_reads_yaml_booleans_and_resolves_auto_per_model_type(tmp_path):
+    from lmrnn.config import resolve_defaults
+
+    (tmp_path / "old.yaml").write_text("tokenizer:\n  byte_fallback: true\n  vocab_size: 1000\n")  # as format 7 saved it
+    assert load_config(tmp_path / "old.yaml").tokenizer.byte_fallback == "true"
+    assert load_config(overrides=["tokenizer.byte_fallback=false"]).tokenizer.byte_fallback == "false"
+    with pytest.raises(UserError, match="byte_fallback must be one of auto, true, false"):
+        load_config(overrides=["tokenizer.byte_fallback=maybe"])
+    resolved = {kind: resolve_defaults(load_config(overrides=[f"tokenizer.model_type={kind}"])).tokenizer
+                for kind in ("bpe", "unigram", "char", "word")}
+    assert {kind: (t.vocab_size, t.byte_fallback) for kind, t in resolved.items()} == {
+        "bpe": (1000, "true"), "unigram": (1000, "true"), "char": (0, "false"), "word": (0, "false")}

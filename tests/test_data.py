@@ -34,6 +34,7 @@ def test_stream_layout_and_word_byte_counts(tokenizer):
     assert split.tokens == len(expected) - 1  # every token after the first eos is predicted
     assert split.words == 2 + 2 + 2  # whitespace words + one end-of-line per document
     assert split.bytes == 4 + 6 + 2  # "ccc ë" is 6 UTF-8 bytes; + one newline per document
+    assert split.characters == 4 + 5 + 2  # Unicode characters; + one newline per document
 
 
 def test_batchify_matches_the_drawn_example():
@@ -232,3 +233,25 @@ def test_streamed_datasets_give_the_same_documents(tmp_path):
     carved = read(DataConfig(source=train_only))
     assert [len(carved[split]) for split in data.SPLITS] == [26, 2, 2]  # 5% of 30 lines, rounded
     assert read(DataConfig(source=train_only, streaming=True)) == carved
+
+
+def test_tokens_outside_the_vocabulary_are_counted_on_stderr(tmp_path, caplog):
+    """A word model capped below the text's words (no byte fallback) reads the rest as <unk>,
+    and says what share of each split that is; the full vocabulary says nothing."""
+    folder = tmp_path / "words"
+    folder.mkdir()
+    (folder / "train.txt").write_text("a a a a b b b c c d\n" * 5)  # d: 5 of 55 train tokens
+    (folder / "valid.txt").write_text("a b\n")
+    (folder / "test.txt").write_text("a e\n")  # e: never seen
+    corpus = Corpus(DataConfig(source=str(folder), cache_dir=str(tmp_path / "cache")))
+    capped = load_or_train_tokenizer(corpus, TokenizerConfig(model_type="word", vocab_size=5))  # a b c <unk> eos
+    with caplog.at_level(logging.WARNING, logger="lmrnn.data"):
+        load_split(corpus, "train", capped)
+    assert "train split has 5 tokens (9.09%) outside the tokenizer's vocabulary" in caplog.text
+    every = load_or_train_tokenizer(corpus, TokenizerConfig(model_type="word"))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lmrnn.data"):
+        load_split(corpus, "train", every)
+        assert not caplog.text
+        load_split(corpus, "test", every)
+    assert "test split has 1 tokens (33.33%)" in caplog.text

@@ -24,9 +24,9 @@ def model(uniform=False) -> RNNLM:
     return m
 
 
-def split(n=101, words=40, n_bytes=250) -> Split:
+def split(n=101, words=40, n_bytes=250, characters=240) -> Split:
     ids = np.random.default_rng(0).integers(0, V, n).astype(np.uint16)
-    return Split(ids, words, n_bytes)
+    return Split(ids, words, n_bytes, characters)
 
 
 def test_uniform_logits_give_perplexity_exactly_v():
@@ -38,6 +38,7 @@ def test_uniform_logits_give_perplexity_exactly_v():
     assert f["ppl"] == pytest.approx(V, rel=1e-6)
     assert f["word_ppl"] == pytest.approx(V ** (100 / 40), rel=1e-6)
     assert f["bits_per_byte"] == pytest.approx(100 * math.log2(V) / 250, rel=1e-6)
+    assert f["bits_per_char"] == pytest.approx(100 * math.log2(V) / 240, rel=1e-6)
 
 
 @pytest.mark.parametrize("bptt", [1, 4, 100, 1000])

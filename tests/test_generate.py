@@ -152,3 +152,59 @@ def test_the_prompt_is_read_in_one_call_and_each_token_costs_one_step(generator,
     continuation = one(generator, prompt, max_new_tokens=5, stop_at_eos=False)
     assert continuation.tokens == 5
     assert calls == [(1, 1 + len(generator.tokenizer.encode(prompt)))] + [(1, 1)] * 4
+
+
+def test_a_sample_whose_every_next_token_is_banned_ends_without_emitting_one(generator, caplog):
+    """no-repeat-ngram 1 bans every token already in the sequence: the continuation runs through
+    the unseen tokens once each, then ends with its own reason. Unfixed, greedy kept emitting
+    banned id 0 and sampling the last id, both already seen."""
+    prompt = generator.prompt_ids("the king")
+    vocab = generator.model.cfg.vocab_size
+    for options in ({"temperature": 0}, {"temperature": 1.0}, {"temperature": 0.7, "top_k": 5}):
+        with caplog.at_level(logging.WARNING, logger="lmrnn.generate"):
+            ended = one(generator, "the king", max_new_tokens=vocab + 5, no_repeat_ngram=1, **options)
+        assert ended.finish_reason == "no_allowed_token" and "--no-repeat-ngram" in caplog.text
+        assert len(set(ended.ids)) == len(ended.ids) == vocab - len(set(prompt))
+        assert not set(ended.ids) & set(prompt)
+
+
+def test_only_the_sample_at_a_dead_end_ends(generator, monkeypatch):
+    """Row 0 finds every token banned after three tokens; rows 1 and 2 go on to the length limit,
+    and row 0's log-probability counts its three tokens only."""
+    import lmrnn.generate
+
+    class DeadEndForRowZero(lmrnn.generate.NgramBlocker):
+        def ban(self, logits):
+            logits = super().ban(logits)
+            if len(self.sequences[0]) == self.start + 3:
+                logits = logits.clone()
+                logits[0] = float("-inf")
+            return logits
+
+    DeadEndForRowZero.start = len(generator.prompt_ids("the"))
+    monkeypatch.setattr(lmrnn.generate, "NgramBlocker", DeadEndForRowZero)
+    decoding = Decoding(temperature=1.0, num_samples=3, max_new_tokens=12, no_repeat_ngram=9)
+    rows = generator.generate("the", decoding, generator.random_generator(2), stop_at_eos=False).continuations
+    assert [(r.tokens, r.finish_reason) for r in rows] == [(3, "no_allowed_token"), (12, "length"), (12, "length")]
+    ids = generator.prompt_ids("the") + rows[0].ids
+    with torch.inference_mode():
+        logprobs = generator.model(torch.tensor([ids]))[0][0].log_softmax(dim=-1)
+    start = len(ids) - 3
+    assert rows[0].logprob == pytest.approx(sum(logprobs[start - 1 + i, t].item() for i, t in enumerate(rows[0].ids)), abs=1e-4)
+
+
+def test_beam_search_at_a_dead_end_says_so(generator, caplog):
+    decoding = Decoding(beams=2, num_return=2, max_new_tokens=400, no_repeat_ngram=1)
+    with caplog.at_level(logging.WARNING, logger="lmrnn.generate"):
+        beams = generator.generate("the king", decoding).continuations
+    assert [b.finish_reason for b in beams] == ["no_allowed_token"] and beams[0].text == ""
+    assert "nothing was generated" in caplog.text
+
+
+def test_a_model_with_broken_weights_is_refused_not_sampled(tiny_run):
+    broken = TextGenerator(tiny_run, "cpu")
+    with torch.no_grad():
+        next(broken.model.parameters()).fill_(float("nan"))
+    for decoding in (Decoding(), Decoding(temperature=0), Decoding(beams=2)):
+        with pytest.raises(UserError, match="not finite"):
+            broken.generate("the king", decoding)

@@ -39,3 +39,6 @@ def test_dependency_rules():
     assert [m for m in MODULES if uses(m, "typer")] == ["cli"]
     assert {m for m in MODULES if uses(m, "rich")} <= {"cli", "console"}
     assert not any(uses(m, "lmrnn.cli") for m in MODULES)
+    # plumbing stays light: the durable writes need no torch, and a plot needs no run directory
+    assert not any(uses("files", m) for m in ("torch", "safetensors.torch", "lmrnn.checkpoint"))
+    assert not uses("report", "lmrnn.checkpoint")

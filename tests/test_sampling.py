@@ -63,6 +63,14 @@ def test_greedy_top_k_1_and_tiny_top_p_pick_the_argmax():
     assert torch.equal(pick_next(logits, Decoding(top_p=1e-9, temperature=1.5), generator), argmax)
 
 
+def test_a_tiny_temperature_is_greedy_not_nan():
+    """logits / 1e-40 overflowed to +-inf, whose softmax is NaN, and the draw fell on the last id."""
+    logits = torch.randn(64, 50, generator=torch.Generator().manual_seed(0)) * 10
+    logits[:, 3] = INF  # a banned token stays banned
+    picked = pick_next(logits, Decoding(temperature=1e-40, top_p=0.9), torch.Generator().manual_seed(1))
+    assert torch.equal(picked, logits.argmax(dim=-1))
+
+
 @pytest.mark.parametrize("decoding, expected", [
     (Decoding(), [0.1, 0.2, 0.3, 0.4]),
     (Decoding(temperature=0.5), [1 / 30, 4 / 30, 9 / 30, 16 / 30]),  # p^2, renormalised

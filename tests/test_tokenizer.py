@@ -36,16 +36,41 @@ def test_too_large_vocabulary_is_capped_with_a_warning(caplog):
 
 @pytest.mark.parametrize("model_type", ["bpe", "unigram", "char", "word"])
 def test_too_small_vocabulary_names_the_minimum(model_type):
-    with pytest.raises(UserError, match=r"tokenizer.vocab_size=20 is too small .* at least \d+ pieces"):
-        train_tokenizer(DOCS, TokenizerConfig(vocab_size=20, model_type=model_type))
+    # byte fallback's 256 pieces are named, and how to drop them
+    with pytest.raises(UserError, match=r"=40 is too small .* at least 2\d\d pieces .*plus 256 byte pieces; tokenizer.byte_fallback=false"):
+        train_tokenizer(DOCS, TokenizerConfig(vocab_size=40, model_type=model_type, byte_fallback=True))
+    if model_type in ("bpe", "unigram"):  # subwords need every character as a piece
+        with pytest.raises(UserError, match=r"tokenizer.vocab_size=8 is too small .* at least \d+ pieces"):
+            train_tokenizer(DOCS, TokenizerConfig(vocab_size=8, model_type=model_type, byte_fallback=False))
+    else:  # without byte pieces, a cap keeps the most frequent symbols; the rest are <unk>
+        capped = train_tokenizer(DOCS, TokenizerConfig(vocab_size=8, model_type=model_type))
+        assert capped.vocab_size == 8 and UNK_ID in capped.encode("the king")
 
 
 def test_char_and_word_models():
     char = train_tokenizer(DOCS, TokenizerConfig(model_type="char", vocab_size=1000))
-    assert len(char.encode("king")) == 4 + 1  # "▁" then one piece per letter
-    word = train_tokenizer(DOCS, TokenizerConfig(model_type="word", vocab_size=270))
+    assert len(char.encode("king")) == 4  # one piece per character, no space added in front
+    assert char.decode(char.encode("  the  king ")) == "  the  king "  # the text exactly, spaces and all
+    word = train_tokenizer(DOCS, TokenizerConfig(model_type="word", vocab_size=14))
     assert len(word.encode("the king had a sword")) == 5
     assert word.decode(word.encode("the king had a sword")) == "the king had a sword"
+
+
+def test_vocab_size_zero_means_every_symbol_for_char_and_word_and_a_default_for_subwords():
+    characters = set("".join(DOCS)) - {" "}
+    char = train_tokenizer(DOCS, TokenizerConfig(model_type="char"))  # vocab_size 0, byte fallback off
+    assert char.vocab_size == len(characters) + 3  # + the space piece, <unk> and eos
+    assert all(char.sp.is_unknown(i) or char.sp.is_control(i) or len(char.sp.id_to_piece(i)) == 1
+               for i in range(char.vocab_size))
+    assert char.encode("kë") == [char.encode("k")[0], UNK_ID]  # unseen: <unk>, no byte pieces
+    with_bytes = train_tokenizer(DOCS, TokenizerConfig(model_type="char", byte_fallback="true"))
+    assert with_bytes.vocab_size == len(characters) + 3 + 256 and UNK_ID not in with_bytes.encode("kë")
+    assert TokenizerConfig().pieces == TokenizerConfig(model_type="unigram").pieces == 1000
+    assert TokenizerConfig().uses_byte_fallback and not TokenizerConfig(model_type="word").uses_byte_fallback
+    assert not TokenizerConfig(byte_fallback=False).uses_byte_fallback
+    for bad in (-1, 2):
+        with pytest.raises(UserError, match="at least 4, or 0"):
+            TokenizerConfig(vocab_size=bad)
 
 
 def test_empty_text_is_refused():
@@ -79,8 +104,6 @@ def test_word_level_mode_keeps_every_word_as_one_id():
     assert tokenizer.encode("dog") == [0]  # a word never seen
     # ids follow frequency: <unk> (3 times), then N, cat, sat (twice each), then the rest
     assert tokenizer.encode("<unk>") == [2] and sorted(tokenizer.encode("N cat sat")) == [3, 4, 5]
-    with pytest.raises(UserError, match="0 with model_type word"):
-        TokenizerConfig(model_type="bpe", vocab_size=0)
 
 
 def test_tokenizer_training_samples_lines_in_one_pass():

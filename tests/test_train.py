@@ -19,7 +19,7 @@ from lmrnn.errors import UserError
 from lmrnn.schedule import window_length
 from lmrnn.softmax import FullSoftmax
 from lmrnn.train import loss_jumped, train
-from tests.conftest import REPO
+from tests.conftest import REPO, SHARED_CORPORA
 
 QUIET = TrainingProgress(enabled=False)
 
@@ -59,6 +59,19 @@ def test_a_run_directory_is_complete_and_consistent(tiny_run):
     assert [e["step"] for e in evals] == [10, 20, 30, 40]
     assert min(e["ppl"] for e in evals) == pytest.approx(summary["best_val_ppl"])
     assert all(e["grad_norm"] > 0 for e in events if e["event"] == "train")
+
+
+def test_every_file_of_a_run_and_its_cache_is_readable_as_the_umask_allows(corpus_dir, tmp_path):
+    """model.safetensors was written 0600 while the other files were 0644."""
+    saved = os.umask(0o022)
+    try:
+        train(tiny_cfg(corpus_dir, f"data.cache_dir={tmp_path / 'cache'}", "train.max_steps=4"), tmp_path / "run",
+              progress=QUIET)
+    finally:
+        os.umask(saved)
+    files = [p for folder in (tmp_path / "run", tmp_path / "cache") for p in folder.rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= set(checkpoint.RUN_FILES) and any(p.suffix == ".bin" for p in files)
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(0o644) for p in files}
 
 
 def test_interrupt_then_resume_matches_an_uninterrupted_run(corpus_dir, tmp_path, monkeypatch):
@@ -316,3 +329,25 @@ def test_the_ptb_presets_train_at_a_small_size(corpus_dir, tmp_path, preset):
         "train.warmup_steps=0"])
     summary = train(cfg, tmp_path / "run", progress=QUIET)
     assert summary["steps"] == 12 and math.isfinite(summary["test_ppl"]) and summary["skipped_steps"] == 0
+
+
+@pytest.mark.corpus
+@pytest.mark.skipif(not (SHARED_CORPORA / "tinyshakespeare" / "input.txt").is_file(),
+                    reason="needs ../shared/corpora/tinyshakespeare")
+def test_tiny_shakespeare_at_character_level_has_exactly_its_65_symbols_and_trains(tmp_path):
+    """char-rnn's first run: 65 symbols, newline among them (here the end-of-sequence id) and
+    space (the '▁' piece); plus <unk>. Each character is one token, so bits per character is
+    log2 of the token perplexity."""
+    from lmrnn.evaluate import evaluate_run
+
+    corpus = SHARED_CORPORA / "tinyshakespeare" / "input.txt"
+    symbols = set(corpus.read_text(encoding="utf-8"))
+    cfg = tiny_cfg(corpus, "tokenizer.model_type=char", "tokenizer.vocab_size=0", f"data.cache_dir={tmp_path / 'cache'}",
+                   "train.max_steps=30", "train.eval_every=0")
+    summary = train(cfg, tmp_path / "run", progress=QUIET)
+    saved = checkpoint.read_config(tmp_path / "run")
+    assert len(symbols) == 65 and saved.model.vocab_size == 65 + 1  # + <unk>
+    assert (saved.tokenizer.vocab_size, saved.tokenizer.byte_fallback) == (0, "false")
+    result = evaluate_run(tmp_path / "run", device="cpu")
+    assert result.tokenizer == "char" and summary["test_ppl"] < 65
+    assert result.bits_per_char == pytest.approx(math.log2(result.ppl), rel=1e-9)  # one token per character
