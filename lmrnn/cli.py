@@ -47,7 +47,6 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the figures as JSON
 
 
 # exit codes after a stop signal, as a shell reports them (128 + signal number)
-STOP_EXIT_CODES = {"interrupt": 130, "terminate": 143}
 
 
 def _rank() -> int:
@@ -100,6 +99,7 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="Replace the run already in --out.")] = False,
 ) -> None:
     from lmrnn import checkpoint
+    from lmrnn.runtime import STOP_EXIT_CODES
     from lmrnn.train import default_run_dir, train as run_training
 
     with user_errors():
@@ -378,6 +378,7 @@ def compare(
     if results.get("interrupted"):
         stderr.print(f"stopped ({results['interrupted']}): run the same command again to continue the comparison "
                      f"in {folder}", soft_wrap=True, highlight=False)
+        from lmrnn.runtime import STOP_EXIT_CODES
         raise typer.Exit(STOP_EXIT_CODES[results["interrupted"]])
     print_table(f"{results['corpus']}: {', '.join(cell_list)}, --match {match}, seeds {seeds}", TABLE, table_rows(results))
     stderr.print(f"report: {folder / 'report.md'}", soft_wrap=True, highlight=False)
@@ -476,7 +477,7 @@ def probe_recall(
 def tokenizer_train(
     data: Annotated[str, typer.Argument(help="Corpus to learn the pieces from (its train split).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the .model file.")],
-    vocab_size: Annotated[Optional[int], typer.Option(help="Pieces in the vocabulary (tokenizer.vocab_size).")] = None,
+    vocab_size: Annotated[Optional[int], typer.Option(help="Pieces in the vocabulary (tokenizer.vocab_size; 0 = every word or character for word and char, 1000 for bpe and unigram).")] = None,
     model_type: Annotated[Optional[Literal["bpe", "unigram", "char", "word"]], typer.Option(help="SentencePiece model type.")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,

@@ -37,6 +37,7 @@ from lmrnn.report import plot_learning_curves, plot_tuning
 from lmrnn.significance import pairwise, summarise
 from lmrnn.files import atomic_write
 from lmrnn.tokenizer import Tokenizer
+from lmrnn.train import train
 from lmrnn.tuning import ETA, Knob, candidates, plan_size, rungs, search
 
 log = logging.getLogger(__name__)
@@ -118,8 +119,6 @@ def compare(cfg: RunConfig, cells: list[str], seeds: list[int], match: str, out:
     the plot and the report. With `knobs`, each neural cell is first tuned by successive halving
     over the same `trials` settings (lmrnn.tuning), and its best setting is what every seed
     trains. Returns the results; results["interrupted"] (the stop signal) when stopped early."""
-    from lmrnn.train import train  # torch: imported only when a comparison runs
-
     request = {"cells": cells, "seeds": seeds, "match": match,
                "config": {k: v for k, v in flatten(cfg).items() if k not in ("seed", "model.cell", "device")},
                **({"tune": [dataclasses.asdict(k) for k in knobs], "trials": trials} if knobs else {})}

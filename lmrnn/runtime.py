@@ -1,11 +1,13 @@
-"""Where and how tensors run: device choice, seeding, mixed precision, RNG snapshots, and the
-ranks of a distributed (torchrun) run."""
+"""Where and how tensors run: device choice, seeding, mixed precision, RNG snapshots, the ranks
+of a distributed (torchrun) run, and the stop signals a run obeys."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass
 
@@ -174,3 +176,32 @@ def stop_ranks(ranks: Ranks) -> None:
     if ranks.joined and dist.is_initialized():
         dist.barrier()  # no rank leaves while another still talks to it
         dist.destroy_process_group()
+
+
+# a stop signal -> the summary's stopped_by -> the exit code (the shell's 128 + signal)
+STOP_SIGNALS = {signal.SIGINT: "interrupt", signal.SIGTERM: "terminate"}
+STOP_EXIT_CODES = {"interrupt": 130, "terminate": 143}
+
+
+class DeferredStop:
+    """Ctrl-C (SIGINT) or SIGTERM asks a loop to stop after the current step (its state then saves
+    cleanly and --resume continues exactly); a second signal aborts at once. `asked` is the
+    first signal's name in STOP_SIGNALS. `report.line` says so on the terminal."""
+
+    def __init__(self, report):
+        self.report, self.asked, self.previous = report, None, {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.asked:
+            raise KeyboardInterrupt
+        self.asked = STOP_SIGNALS[signum]
+        self.report.line(f"{signal.Signals(signum).name}: stopping after this step and saving (again to abort)")
+
+    def __enter__(self) -> "DeferredStop":
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)

@@ -117,6 +117,23 @@ def test_stream_holds_back_a_possible_stop_string(generator):
     assert not any("king" in piece for piece in released)
 
 
+def test_a_stop_string_made_of_byte_pieces_stops_at_its_last_byte(generator):
+    """'ж' is two byte pieces for this tokenizer: the stop string is found once its second byte
+    arrives (not before, when the text ends in half a character), with or without text before."""
+    tok = generator.tokenizer
+    for stop in ("ж", "kingж"):
+        stream = TextStream(tok, stops=[stop])
+        released = []
+        ids = tok.encode("the kingж hill")
+        assert sum(tok.sp.is_byte(i) for i in ids) == 2
+        for n, i in enumerate(ids):
+            released.append(stream.push(i))
+            if stream.stopped:
+                break
+        assert tok.sp.is_byte(ids[n]) and not tok.sp.is_byte(ids[n + 1])  # stopped at the second byte
+        assert "".join(released) + stream.finish() == "the kingж hill"[:"the kingж hill".index(stop)] == stream.text
+
+
 def test_stream_of_random_pieces_equals_decoding_them_at_once(generator):
     """Any ids at all (space-only pieces, stray or split byte pieces), with or without a context:
     the released text is what the tokenizer decodes, character for character."""

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from lmrnn.ngram import KneserNey, discounts, sentence_starts
+from tests.conftest import SHARED_CORPORA
 
 E, A, B, C = 1, 2, 3, 4  # eos and three words; id 0 (unknown) never occurs
 V = 5
@@ -119,3 +120,18 @@ def test_ngram_runs_train_evaluate_generate_and_score(corpus_dir, tmp_path):
                           (("probe", "context", out, "--plot", tmp_path / "c.png"), "the probes measure recurrent states")):
         failed = run(*args)
         assert failed.exit_code == 1 and message in failed.stderr, failed.output
+
+
+@pytest.mark.corpus
+@pytest.mark.skipif(not (SHARED_CORPORA / "ptb" / "test.txt").is_file(), reason="needs ../shared/corpora/ptb")
+def test_word_level_without_a_size_keeps_every_word_and_reaches_the_published_5_gram(tmp_path):
+    """-s tokenizer.model_type=word alone once gave 1,000 word pieces spelling the other 9,000
+    words in bytes (3.28M train tokens for 930k words) and a 5-gram at test word ppl 279.3;
+    Mikolov (2012, Table 4.1) reports 141.2 for KN5 on PTB."""
+    from lmrnn.config import load_config
+    from lmrnn.train import train
+
+    cfg = load_config(overrides=[f"data.source={SHARED_CORPORA / 'ptb'}", "tokenizer.model_type=word", "model.cell=ngram",
+                                 "model.order=5", f"data.cache_dir={tmp_path / 'cache'}"])
+    summary = train(cfg, tmp_path / "kn5")
+    assert summary["train_tokens"] == 929_589 and summary["test_word_ppl"] == pytest.approx(141.19, abs=0.01)

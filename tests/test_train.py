@@ -18,7 +18,8 @@ from lmrnn.console import TrainingProgress
 from lmrnn.errors import UserError
 from lmrnn.schedule import window_length
 from lmrnn.softmax import FullSoftmax
-from lmrnn.train import loss_jumped, train
+from lmrnn.loop import loss_jumped
+from lmrnn.train import train
 from tests.conftest import REPO, SHARED_CORPORA
 
 QUIET = TrainingProgress(enabled=False)
