@@ -31,9 +31,10 @@ import torch
 import torch.nn.functional as F
 
 from lmrnn import checkpoint
-from lmrnn.data import IGNORE_INDEX, WHOLE, Corpus, Split, as_long, batchify, load_split, windows
+from lmrnn.corpus import WHOLE
+from lmrnn.data import IGNORE_INDEX, Split, as_long, batchify, windows
 from lmrnn.errors import UserError
-from lmrnn.evaluate import figures
+from lmrnn.evaluate import figures, text_to_score
 from lmrnn.models import RNNLM, detach_hidden
 from lmrnn.runtime import resolve_device
 
@@ -143,19 +144,9 @@ def adapt_run(run_dir: Path, cache: bool, dynamic: bool, window: int = 500, devi
     model, tokenizer, cfg = checkpoint.load_run(run_dir, resolve_device(device))
     if not isinstance(model, RNNLM):
         raise UserError(f"{run_dir} is a {cfg.model.cell} model: --cache and --dynamic adapt recurrent runs")
-    corpus = test_corpus = Corpus(cfg.data)
-    test_split = "test"
-    if data is not None:
-        test_corpus = Corpus(dataclasses.replace(cfg.data, source=data))
-        if test_corpus.has_own_splits():
-            corpus = test_corpus
-        else:
-            test_split = WHOLE
-    splits: dict[str, Split] = {"validation": load_split(corpus, "validation", tokenizer),
-                                "test": load_split(test_corpus, test_split, tokenizer)}
-    for name, split in splits.items():
-        if split.tokens < 1:
-            raise UserError(f"the {name} text has no tokens to score")
+    test, test_split = text_to_score(cfg, tokenizer, data)  # data's test split, or all of it
+    validation, _ = text_to_score(cfg, tokenizer, data if test_split != WHOLE else None, default="validation")
+    splits: dict[str, Split] = {"validation": validation, "test": test}
     bptt = cfg.train.bptt
     streams = {name: read_stream(model, split.ids, bptt) for name, split in splits.items()}
     results = [AdaptedResult("static", {}, float(-streams["validation"].logprobs.sum()),

@@ -33,8 +33,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from lmrnn import __version__
-from lmrnn.config import (FORMAT_VERSION, RESUMABLE_KEYS, RunConfig, config_to_yaml, flatten, load_config, migrate,
-                          missing_keys)
+from lmrnn.config import RESUMABLE_KEYS, RunConfig
+from lmrnn.config_parser import FORMAT_VERSION, config_to_yaml, flatten, load_config, migrate, missing_keys
 from lmrnn.errors import UserError
 from lmrnn.models import RNNLM, FeedForwardLM, NgramLM, build_model
 from lmrnn.ngram import KneserNey
@@ -260,14 +260,19 @@ def read_summary(run_dir: Path) -> dict | None:
     return summary if isinstance(summary, dict) else None
 
 
+def check_vocabulary(run_dir: Path, tokenizer: Tokenizer, cfg: RunConfig) -> None:
+    """A run's tokenizer.model and config.yaml must agree on the vocabulary size."""
+    if tokenizer.vocab_size != cfg.model.vocab_size:
+        raise UserError(f"{run_dir}: tokenizer.model has {tokenizer.vocab_size} pieces but config.yaml "
+                        f"says model.vocab_size={cfg.model.vocab_size}")
+
+
 def load_run(run_dir: Path, device: torch.device) -> tuple[RNNLM | FeedForwardLM | NgramLM, Tokenizer, RunConfig]:
     """Rebuild the model from config.yaml + model.safetensors, on `device`, in eval mode."""
     check_run_dir(run_dir)
     cfg = read_config(run_dir)
     tokenizer = Tokenizer.load(run_dir / TOKENIZER)
-    if tokenizer.vocab_size != cfg.model.vocab_size:
-        raise UserError(f"{run_dir}: tokenizer.model has {tokenizer.vocab_size} pieces but config.yaml "
-                        f"says model.vocab_size={cfg.model.vocab_size}")
+    check_vocabulary(run_dir, tokenizer, cfg)
     if cfg.model.cell == "ngram":
         try:
             kn = KneserNey.load(run_dir / WEIGHTS)

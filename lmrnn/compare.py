@@ -27,9 +27,11 @@ import shutil
 from pathlib import Path
 
 from lmrnn import checkpoint
-from lmrnn.config import RunConfig, flatten, load_config
+from lmrnn.config import RunConfig
+from lmrnn.config_parser import flatten, load_config
 from lmrnn.console import ComparisonProgress
-from lmrnn.data import Corpus, load_or_train_tokenizer
+from lmrnn.corpus import Corpus
+from lmrnn.data import load_or_train_tokenizer
 from lmrnn.errors import UserError
 from lmrnn.models import count_parameters
 from lmrnn.comparison_report import CURVES, TUNING_PLOT, report_markdown

@@ -30,10 +30,31 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     log.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
 
 
+BAR_WIDTH = 8
+# what the bar's other columns take: description (up to "all runs"), bar, percentage, elapsed,
+# "ETA", remaining, and the spaces between them
+BAR_COLUMNS = 8 + BAR_WIDTH + 4 + 7 + 3 + 7 + 6
+# a log line's fields, in the order they are given up when the terminal is narrow
+DROPPED_FIRST = ("|g|", "lr", "epoch", "ppl")
+
+
 def _progress_bar() -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                    TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                    TimeRemainingColumn(), console=stderr, transient=False)
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=BAR_WIDTH),
+                    TextColumn("{task.percentage:>3.0f}%"), TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+                    TextColumn("ETA"), TimeRemainingColumn(), console=stderr, transient=False)
+
+
+def fit_status(text: str, width: int) -> str:
+    """A "step 12 | epoch 0.10 | lr ... | loss ... | ppl ... | |g| ... | 3.9k tok/s" line in at
+    most `width` characters: padding squeezed out, then fields given up in DROPPED_FIRST's
+    order (step, loss and tokens/s stay), then cut."""
+    fields = [" ".join(field.split()) for field in text.split(" | ")]
+    for name in DROPPED_FIRST:
+        if len(" | ".join(fields)) <= width:
+            break
+        fields = [field for field in fields if not field.startswith(name + " ")]
+    fitted = " | ".join(fields)
+    return fitted if len(fitted) <= width else (fitted[:width - 1] + "…" if width > 0 else "")
 
 
 class TrainingProgress:
@@ -64,7 +85,7 @@ class TrainingProgress:
     def update(self, fraction: float, status: str | None = None) -> None:
         """Move the bar to `fraction` of the training budget; cheap enough for every step."""
         if self._bar is not None:
-            fields = {"status": status} if status is not None else {}
+            fields = {"status": fit_status(status, self._bar.console.width - BAR_COLUMNS)} if status is not None else {}
             self._bar.update(self._task, completed=min(fraction, 1.0), **fields)
         if self.parent is not None:
             self.parent.update(min(fraction, 1.0))

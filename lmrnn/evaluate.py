@@ -13,6 +13,7 @@ with different tokenizers compare fairly.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,10 +22,13 @@ import numpy as np
 import torch
 
 from lmrnn import checkpoint
-from lmrnn.data import IGNORE_INDEX, WHOLE, Corpus, Split, as_long, load_split
+from lmrnn.corpus import WHOLE, Corpus
+from lmrnn.data import IGNORE_INDEX, Split, as_long, load_split
+from lmrnn.config import RunConfig
 from lmrnn.errors import UserError
 from lmrnn.models import RNNLM, NgramLM, reset_rows
 from lmrnn.runtime import Ranks, autocast, resolve_device
+from lmrnn.tokenizer import Tokenizer
 
 
 @dataclass
@@ -142,6 +146,25 @@ def _exp(value: float) -> float:
     return math.exp(value) if value < 700 else math.inf
 
 
+def text_to_score(cfg: RunConfig, tokenizer: Tokenizer, data: str | None = None, split: str | None = None,
+                  default: str = "test") -> tuple[Split, str]:
+    """The text a run is scored on, and its split's name: `split` (else `default`) of the run's
+    corpus or of `data`. `data` without splits of its own (a text file, a folder of plain .txt
+    files) is scored whole, as WHOLE, and then refuses an explicit `split`. Refuses empty text."""
+    corpus = Corpus(cfg.data if data is None else dataclasses.replace(cfg.data, source=data))
+    if data is not None and not corpus.has_own_splits():
+        if split is not None:
+            raise UserError(f"{data} has no splits of its own (train/valid/test files or dataset splits), so "
+                            "all of it is scored; drop --split")
+        split = WHOLE
+    split = split or default
+    text = load_split(corpus, split, tokenizer)
+    if text.tokens < 1:
+        raise UserError(f"{'the text' if split == WHOLE else f'the {split} split'} of "
+                        f"{corpus.cfg.source or 'the corpus'} has no tokens to score")
+    return text, split
+
+
 def evaluate_run(run_dir: Path, split: str | None = None, data: str | None = None, device: str = "auto",
                  batch_size: int | None = None, burn_in: int | None = None) -> EvalResult:
     """Score one run directory on a split (default test) of its own corpus, or of `data` with its
@@ -152,21 +175,8 @@ def evaluate_run(run_dir: Path, split: str | None = None, data: str | None = Non
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     if burn_in is not None and burn_in < 0:
         raise UserError(f"--burn-in must be >= 0, got {burn_in}")
-    torch_device = resolve_device(device)
-    model, tokenizer, cfg = checkpoint.load_run(run_dir, torch_device)
-    if data is not None:
-        cfg.data.source = data
-    corpus = Corpus(cfg.data)
-    if data is not None and not corpus.has_own_splits():
-        if split is not None:
-            raise UserError(f"{data} has no splits of its own (train/valid/test files or dataset splits), so "
-                            "eval --data scores all of it; drop --split")
-        split = WHOLE
-    split = split or "test"
-    text = load_split(corpus, split, tokenizer)
-    if text.tokens < 1:
-        raise UserError(f"{'the text' if split == WHOLE else f'the {split} split'} of {cfg.data.source or 'the corpus'} "
-                        "has no tokens to score")
+    model, tokenizer, cfg = checkpoint.load_run(run_dir, resolve_device(device))
+    text, split = text_to_score(cfg, tokenizer, data, split)
     nll, tokens = score_split(model, text, batch_size or cfg.train.eval_batch_size, cfg.train.bptt,
                               burn_in=cfg.train.eval_burn_in if burn_in is None else burn_in)
     return EvalResult(run=str(run_dir), split=split, tokens=tokens, words=text.words, bytes=text.bytes,

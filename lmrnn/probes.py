@@ -24,9 +24,8 @@ import torch.nn.functional as F
 
 from lmrnn import checkpoint
 from lmrnn.config import RunConfig
-from lmrnn.data import Corpus, load_split
 from lmrnn.errors import UserError
-from lmrnn.evaluate import token_nll
+from lmrnn.evaluate import text_to_score, token_nll
 from lmrnn.models import RNNLM, Hidden
 from lmrnn.report import Series, plot_lines
 from lmrnn.runtime import resolve_device
@@ -220,9 +219,8 @@ def load_probe_runs(run_dirs: list[Path], device: str, same_tokenizer: bool) -> 
 
 
 def _validation_ids(run: ProbeRun, data: str | None) -> np.ndarray:
-    if data is not None:
-        run.cfg.data.source = data
-    return load_split(Corpus(run.cfg.data), "validation", run.tokenizer).ids
+    """The run's validation split, or `data`'s (all of `data` when it has no splits)."""
+    return text_to_score(run.cfg, run.tokenizer, data, default="validation")[0].ids
 
 
 def _fresh_model(run: ProbeRun) -> RNNLM:

@@ -38,7 +38,8 @@ from lmrnn import __version__, checkpoint
 from lmrnn.averaging import WeightAverage
 from lmrnn.config import RunConfig, resolve_defaults
 from lmrnn.console import SilentProgress, TrainingProgress
-from lmrnn.data import SPLITS, Corpus, batchify, load_or_train_tokenizer, load_split
+from lmrnn.corpus import SPLITS, Corpus
+from lmrnn.data import batchify, load_or_train_tokenizer, load_split
 from lmrnn.errors import UserError
 from lmrnn.evaluate import figures, score_split
 from lmrnn.loop import Parts, Trainer, TrainState
@@ -116,9 +117,8 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
         x_train, y_train = (torch.from_numpy(np.ascontiguousarray(a, dtype=np.int32)).to(device) for a in (x_train, y_train))
 
     # ---- model and optimizer
-    if resume and tokenizer.vocab_size != cfg.model.vocab_size:
-        raise UserError(f"{run_dir}: tokenizer.model has {tokenizer.vocab_size} pieces but config.yaml says "
-                        f"model.vocab_size={cfg.model.vocab_size}")
+    if resume:
+        checkpoint.check_vocabulary(run_dir, tokenizer, cfg)
     cfg.model.vocab_size = tokenizer.vocab_size
     model = build_model(cfg.model).to(device)
     if isinstance(model, RNNLM):

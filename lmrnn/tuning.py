@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Callable
 
 from lmrnn import checkpoint
-from lmrnn.config import RunConfig, flatten, load_config
+from lmrnn.config import RunConfig
+from lmrnn.config_parser import flatten, load_config
 from lmrnn.errors import Diverged, UserError
 from lmrnn.files import atomic_write
 

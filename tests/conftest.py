@@ -57,7 +57,7 @@ def requires_cuda():
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """One tiny trained run (the tiny preset on a made-up corpus), shared by the tests that read runs."""
-    from lmrnn.config import load_config
+    from lmrnn.config_parser import load_config
     from lmrnn.console import TrainingProgress
     from lmrnn.train import train
 

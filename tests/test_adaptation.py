@@ -7,7 +7,8 @@ import torch
 
 from lmrnn import checkpoint
 from lmrnn.adaptation import Stream, adapt_run, cache_logprobs, dynamic_nll, mix, read_stream
-from lmrnn.data import Corpus, load_split
+from lmrnn.corpus import Corpus
+from lmrnn.data import load_split
 from lmrnn.evaluate import evaluate_run
 
 

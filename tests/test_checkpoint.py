@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from lmrnn import checkpoint
-from lmrnn.config import RunConfig, load_config
+from lmrnn.config import RunConfig
+from lmrnn.config_parser import load_config
 from lmrnn.errors import UserError
 from lmrnn.models import RNNLM
 from lmrnn.tokenizer import train_tokenizer

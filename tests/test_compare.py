@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from lmrnn import checkpoint
 from lmrnn.compare import REPORT, RESULTS, aggregate, compare, matched_hidden_size, parse_cells, parse_seeds, plan_sizes
 from lmrnn.comparison_report import CURVES, report_markdown
-from lmrnn.config import load_config
+from lmrnn.config_parser import load_config
 from lmrnn.console import ComparisonProgress
 from lmrnn.errors import UserError
 from lmrnn.models import RNNLM, count_parameters

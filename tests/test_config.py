@@ -7,7 +7,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmrnn.config import RunConfig, config_to_yaml, flatten, load_config
+from lmrnn.config import RunConfig
+from lmrnn.config_parser import config_to_yaml, flatten, load_config
 from lmrnn.errors import UserError
 from tests.conftest import REPO
 

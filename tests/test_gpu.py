@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from lmrnn.config import load_config
+from lmrnn.config_parser import load_config
 from lmrnn.console import TrainingProgress
 from lmrnn.evaluate import evaluate_run
 from lmrnn.generate import TextGenerator, generate_text

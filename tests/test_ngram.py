@@ -85,7 +85,8 @@ def test_ngram_runs_train_evaluate_generate_and_score(corpus_dir, tmp_path):
     from typer.testing import CliRunner
 
     from lmrnn.cli import app
-    from lmrnn.data import Corpus, load_split
+    from lmrnn.corpus import Corpus
+    from lmrnn.data import load_split
     from lmrnn.evaluate import evaluate_run
     from lmrnn.tokenizer import Tokenizer
 
@@ -128,7 +129,7 @@ def test_word_level_without_a_size_keeps_every_word_and_reaches_the_published_5_
     """-s tokenizer.model_type=word alone once gave 1,000 word pieces spelling the other 9,000
     words in bytes (3.28M train tokens for 930k words) and a 5-gram at test word ppl 279.3;
     Mikolov (2012, Table 4.1) reports 141.2 for KN5 on PTB."""
-    from lmrnn.config import load_config
+    from lmrnn.config_parser import load_config
     from lmrnn.train import train
 
     cfg = load_config(overrides=[f"data.source={SHARED_CORPORA / 'ptb'}", "tokenizer.model_type=word", "model.cell=ngram",

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lmrnn.config import load_config
+from lmrnn.config_parser import load_config
 from lmrnn.optimizer import build_optimizer, guarded_step, load_optimizer_state
 
 

@@ -13,7 +13,7 @@ import yaml
 from safetensors.torch import load_file
 
 from lmrnn import checkpoint
-from lmrnn.config import load_config
+from lmrnn.config_parser import load_config
 from lmrnn.console import TrainingProgress
 from lmrnn.errors import UserError
 from lmrnn.schedule import window_length
@@ -175,7 +175,8 @@ def test_an_adaptive_softmax_run_trains_evaluates_and_generates(corpus_dir, tmp_
 
 
 def load_split_ids(run, corpus_dir):
-    from lmrnn.data import Corpus, load_split
+    from lmrnn.corpus import Corpus
+    from lmrnn.data import load_split
     from lmrnn.tokenizer import Tokenizer
 
     return load_split(Corpus(checkpoint.read_config(run).data), "train", Tokenizer.load(run / checkpoint.TOKENIZER)).ids

@@ -4,7 +4,7 @@ import math
 import pytest
 
 from lmrnn import checkpoint
-from lmrnn.config import load_config
+from lmrnn.config_parser import load_config
 from lmrnn.errors import Diverged, UserError
 from lmrnn.tuning import SEARCH, Knob, candidates, parse_knobs, rungs, search
 
