@@ -17,17 +17,15 @@ rank's stop request, so that all ranks take the same decisions at the same step.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import statistics
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from lmrnn import checkpoint
-from lmrnn.averaging import WeightAverage, should_start
+from lmrnn.averaging import should_start
 from lmrnn.config import RunConfig
 from lmrnn.console import TrainingProgress
 from lmrnn.data import Split, as_long
@@ -38,52 +36,13 @@ from lmrnn.optimizer import guarded_step
 from lmrnn.regularizers import activation_penalty
 from lmrnn.runtime import DeferredStop, Ranks, autocast, cpu_seconds, rng_state
 from lmrnn.schedule import budget_progress, learning_rate, window_length
-
-
-@dataclass
-class TrainState:
-    """Where a run is: everything train_state.pt holds besides the weights, the optimizer and the
-    RNG states, so that --resume continues exactly."""
-    step: int = 0
-    epoch: int = 0
-    position: int = 0  # the next window's first column of the (B, L) stream
-    tokens: int = 0  # targets trained on, all ranks
-    train_seconds: float = 0.0  # training time, less validation and saving; all sessions
-    elapsed_seconds: float = 0.0  # the budget's clock; all sessions
-    best_val_loss: float = math.inf
-    plateau_scale: float = 1.0  # train.lr_schedule plateau: divided on each stalled validation
-    hidden: list = field(default_factory=list)  # the carried state, whole (L, B, H) tensors on the host
-    bad_steps: int = 0
-    interval: list = field(default_factory=lambda: [0.0, 0.0, 0])  # the log interval's loss sum, norm sum, steps
-    recent: list = field(default_factory=list)  # the last logged losses, for the exploding-loss warning
-    saved_at: float = 0.0  # elapsed_seconds at the last save (train.save_minutes)
-    val_losses: list = field(default_factory=list)  # every validation loss (nt_asgd's trigger)
-    cpu_seconds: float = 0.0  # this process's CPU time; all sessions
-    machine_cpu_seconds: float = 0.0  # the machine's busy CPU time meanwhile
-
-    @classmethod
-    def from_saved(cls, saved: dict) -> "TrainState":
-        return cls(**{f.name: saved[f.name] for f in dataclasses.fields(cls) if f.name in saved})
-
-    def as_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # no deep copy of tensors
+from lmrnn.train_state import Parts, TrainState
 
 
 def loss_jumped(recent: list[float], loss: float) -> bool:
     """An exploding loss: perplexity above 10x the median of the recent logged intervals
     (loss > median + ln 10). Needs a few intervals of history first."""
     return len(recent) >= 5 and loss > statistics.median(recent) + math.log(10)
-
-
-@dataclass
-class Parts:
-    """What the loop trains: the model (and its DDP wrapper), the optimizer, the fp16 gradient
-    scaler (or None), NT-ASGD's weight average."""
-    model: torch.nn.Module
-    trained: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler | None
-    average: WeightAverage
 
 
 class Trainer:

@@ -42,7 +42,8 @@ from lmrnn.corpus import SPLITS, Corpus
 from lmrnn.data import batchify, load_or_train_tokenizer, load_split
 from lmrnn.errors import UserError
 from lmrnn.evaluate import figures, score_split
-from lmrnn.loop import Parts, Trainer, TrainState
+from lmrnn.loop import Trainer
+from lmrnn.train_state import Parts, TrainState
 from lmrnn.models import RNNLM, NgramLM, build_model
 from lmrnn.ngram import KneserNey
 from lmrnn.optimizer import build_optimizer, load_optimizer_state

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from lmrnn.errors import UserError
-from lmrnn.generate import TextGenerator, TextStream, generate_text
+from lmrnn.generate import TextGenerator, generate_text
+from lmrnn.text_stream import TextStream
 from lmrnn.sampling import Decoding
 
 
