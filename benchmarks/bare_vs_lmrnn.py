@@ -45,8 +45,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmrnn import checkpoint
-from lmrnn.config import load_config
-from lmrnn.data import Corpus, Split, load_split
+from lmrnn.config_parser import load_config
+from lmrnn.corpus import Corpus
+from lmrnn.data import Split, load_split
 from lmrnn.evaluate import score_split
 from lmrnn.train import train
 

@@ -31,8 +31,9 @@ from pathlib import Path
 import torch
 
 from lmrnn import checkpoint
-from lmrnn.config import load_config
-from lmrnn.data import Corpus, load_or_train_tokenizer
+from lmrnn.config_parser import load_config
+from lmrnn.corpus import Corpus
+from lmrnn.data import load_or_train_tokenizer
 from lmrnn.generate import TextGenerator
 from lmrnn.models import RNNLM
 from lmrnn.sampling import Decoding

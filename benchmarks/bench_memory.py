@@ -59,9 +59,10 @@ def build_corpus(source: Path, out: Path, times: int) -> None:
 
 def phase(name: str, corpus: Path, cache: Path, run: Path) -> dict:
     """Run one phase in this process and return its figures (called in a fresh child)."""
-    from lmrnn.config import load_config
+    from lmrnn.config_parser import load_config
     from lmrnn.console import TrainingProgress
-    from lmrnn.data import SPLITS, Corpus, load_or_train_tokenizer, load_split
+    from lmrnn.corpus import SPLITS, Corpus
+    from lmrnn.data import load_or_train_tokenizer, load_split
     from lmrnn.train import train
 
     cfg = load_config(None, [f"data.source={corpus}", f"data.cache_dir={cache}", *SETTINGS])

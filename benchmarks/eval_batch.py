@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from lmrnn import checkpoint
-from lmrnn.data import Corpus, load_split
+from lmrnn.corpus import Corpus
+from lmrnn.data import load_split
 from lmrnn.evaluate import score_split
 
 ROOT = Path(__file__).resolve().parent.parent

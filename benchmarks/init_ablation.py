@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from lmrnn.checkpoint import read_summary
-from lmrnn.config import load_config
+from lmrnn.config_parser import load_config
 from lmrnn.train import train
 from lstm_cell_state import cell_statistics
 

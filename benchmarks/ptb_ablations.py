@@ -7,7 +7,7 @@ work, and a stopped run resumes bit for bit.)
     python benchmarks/ptb_ablations.py --epochs 6 --only preset,unregularised,"heavier rates"
     python benchmarks/ptb_ablations.py --epochs 1 --report      # the table from what has finished
 
-The README's tables come from the second line and from --epochs 1 with every variant but
+docs/results.md's tables come from the second line and from --epochs 1 with every variant but
 "heavier rates".
 
 Each run is `lmrnn train ../shared/corpora/ptb --config configs/ptb-cpu.yaml -s train.epochs=N`

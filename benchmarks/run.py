@@ -54,9 +54,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmrnn.config import load_config
+from lmrnn.config_parser import load_config
 from lmrnn.console import SilentProgress
-from lmrnn.data import SPLITS, Corpus, batchify, load_or_train_tokenizer, load_split
+from lmrnn.corpus import SPLITS, Corpus
+from lmrnn.data import batchify, load_or_train_tokenizer, load_split
 from lmrnn.evaluate import score_split
 from lmrnn.generate import TextGenerator
 from lmrnn.models import RNNLM

@@ -201,7 +201,7 @@ class RunConfig:
 
 # Each cell's AdamW learning rate when train.lr is 0 (the default): the rates chosen per cell by
 # successive halving over the same 9 rates, 1e-4 to 3e-2, on PTB words at an equal budget
-# (benchmarks/results/lr-search-ptb, README "Defaults that train"); rnn_relu takes the tanh
+# (benchmarks/results/lr-search-ptb, docs/results.md "Defaults that train"); rnn_relu takes the tanh
 # RNN's (not searched). One shared rate trained some cells badly: the LSTM wants 6x the RNN's.
 DEFAULT_LR = {"rnn": 1.5e-3, "rnn_relu": 1.5e-3, "lstm": 8.7e-3, "gru": 6.5e-3, "ffnn": 1.5e-3, "ngram": 0.0}
 

@@ -208,7 +208,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
 
 def summary(run_dir: Path, cfg: RunConfig, model: torch.nn.Module, steps: int, epochs: float, tokens: int,
             seconds: float, wall_start: float, best_val_ppl: float, test: dict, **extra) -> dict:
-    """summary.json: what was trained, for how long, and its figures (the README lists the keys)."""
+    """summary.json: what was trained, for how long, and its figures (docs/reliability.md lists the keys)."""
     return {"run": str(run_dir), "cell": cfg.model.cell, "params": model.num_parameters(), **extra, "steps": steps,
             "epochs": round(epochs, 4), "train_tokens": tokens, "train_seconds": round(seconds, 2),
             "train_tokens_per_second": round(tokens / max(seconds, 1e-9), 1),
