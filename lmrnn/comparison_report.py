@@ -116,14 +116,14 @@ def tuning_markdown(results: dict) -> str:
     schedule = ", ".join(f"{count} to {fraction:.3g}" for fraction, count in plan["rungs"])
     rows = []
     for cell, found in results["tuning"].items():
-        done = [t for t in found["trials"] if t["budget"] == 1.0 and t["val_ppl"] is not None]
-        best = min(done, key=lambda t: t["val_ppl"]) if done else None
+        best = next((t for t in found["trials"] if t["trial"] == found.get("best_trial")), None)
         rows.append([cell, ", ".join(f"{k} {v:g}" for k, v in found["best"].items()),
-                     "–" if best is None else f"{best['val_ppl']:.2f}",
+                     "–" if best is None or best["val_ppl"] is None else f"{best['val_ppl']:.2f} at {best['budget']:.3g}",
                      str(sum(t["val_ppl"] is None for t in found["trials"]))])
     return (f"## Tuning\n\nEach neural cell searched {knobs} over the same {plan['trials']} settings (scrambled "
             f"Sobol points), by successive halving with eta {plan['eta']}: trials trained to a fraction of the "
             f"budget, {schedule}. Trials ran with seed {plan['seed']}, chosen on validation only; the chosen "
             f"setting then trained for every seed above.\n\n"
-            + markdown_table(["cell", "chosen", "val ppl of the chosen trial", "diverged trials"], rows)
+            + markdown_table(["cell", "chosen", "val ppl of the chosen trial, at a fraction of the budget",
+                              "diverged trials"], rows)
             + f"\n![validation perplexity against each tuned value]({TUNING_PLOT})\n")

@@ -88,7 +88,7 @@ def plot_tuning(results: dict, path: Path) -> Figure:
                 axes.scatter([t[knob["key"]] for t in shown], [min(t["val_ppl"], ceiling) for t in shown], color=colour,
                              alpha=0.7, marker=marker, s=[12 + 60 * t["budget"] for t in shown],
                              label=None if above else cell)
-            best = next((t for t in trials if all(t[k] == v for k, v in found["best"].items()) and t["budget"] == 1.0), None)
+            best = next((t for t in trials if t["trial"] == found.get("best_trial")), None)
             if best is not None:
                 axes.scatter([best[knob["key"]]], [best["val_ppl"]], color=colour, marker="*", s=260,
                              edgecolors="black", linewidths=0.8, zorder=3)

@@ -99,3 +99,37 @@ def probe_recall(
         (title, ["run", "cell", *[f"{b['distance']:.0f} words" for b in rows[0][task]]],
          lambda r, task=task: [r["run"], r["cell"], *[f"{b['accuracy']:.3f}" for b in r[task]]])
         for task, title in titles.items()])
+
+
+@probe_app.command("gates")
+def probe_gates(
+    run_dirs: RunsArg,
+    tokens: Annotated[int, typer.Option(help="Validation tokens read, from the start of the split.")] = 2000,
+    data: DataOpt = None,
+    plot: PlotOpt = Path("probe-gates.png"),
+    json_: JsonOpt = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """For LSTM and GRU runs: each gate's values at every position, recomputed from the weights;
+    per unit the share of positions it is shut (< 0.1) and open (> 0.9), as Karpathy et al.
+    (2015) plot them, and the keep gate's memory time constant -1 / ln(mean forget or update)."""
+    from lmrnn.gates import probe_gates as run_probe
+
+    with user_errors():
+        rows = run_probe(run_dirs, tokens, data, device, plot)
+    if not json_:
+        print_table("gates: mean value; units mostly shut (< 0.1 at over half the positions) or mostly open (> 0.9)",
+                    ["run", "layer", "gate", "mean", "units mostly shut", "units mostly open", "memory (steps)"],
+                    [[r["run"], str(r["layer"]), name, f"{g['mean']:.3f}", f"{_mostly(g['shut']):.2f}",
+                      f"{_mostly(g['open']):.2f}", _memory(r) if name == r["keep_gate"] else ""]
+                     for r in rows for name, g in r["gates"].items()])
+    _probe_output(rows, json_, plot)
+
+
+def _memory(row: dict) -> str:
+    return "for ever" if row["time_constant"] is None else f"{row['time_constant']:.1f}"
+
+
+def _mostly(shares: list[float]) -> float:
+    """The fraction of units whose share exceeds one half."""
+    return sum(share > 0.5 for share in shares) / len(shares)

@@ -128,3 +128,18 @@ def tokenizer_train(
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(out, tokenizer.model_bytes)
     stderr.print(f"wrote {out}: {cfg.tokenizer.model_type}, {tokenizer.vocab_size} pieces", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def report(
+    comparison: Annotated[Path, typer.Argument(help="A folder written by `lmrnn compare`.")],
+    probe: Annotated[bool, typer.Option("--probe", help="First measure the probes of its runs that have not been measured.")] = False,
+    device: Annotated[str, typer.Option(help="Where the probes run; auto = CUDA, MPS, then CPU.")] = "auto",
+) -> None:
+    """One self-contained HTML page of a comparison: its tables with intervals, learning curves,
+    tuning plot, and the gradient, context, gate and recall probes of its runs where measured."""
+    from lmrnn.comparison_page import comparison_page
+
+    with user_errors():
+        page = comparison_page(comparison, probe, device)
+    stderr.print(f"report: {page}", highlight=False, soft_wrap=True)

@@ -166,3 +166,27 @@ def _eval_adapted(run_dirs: list[Path], data: Optional[str], split: str, rows_gi
                   f"{r['validation_ppl']:.2f}", f"{r['test_ppl']:.2f}", f"{r['test_word_ppl']:.2f}",
                   f"{r['test_bits_per_byte']:.4f}", "" if r["method"] == "static" else f"{-100 * r['gain']:+.1f}%"]
                  for r in rows])
+
+
+@app.command()
+def inspect(
+    run_dir: Annotated[Path, typer.Argument(help="A recurrent run directory written by `lmrnn train`.")],
+    text: Annotated[Path, typer.Option(help="The text to read ('-' = stdin); its lines are documents.")] = Path("-"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="The HTML page to write.")] = Path("inspect.html"),
+    layer: Annotated[int, typer.Option(help="Which layer's states to show (-1 = the top one).")] = -1,
+    max_tokens: Annotated[int, typer.Option(help="Refuse a longer text (the page holds every state).")] = 5000,
+    device: DeviceOpt = "auto",
+) -> None:
+    """One self-contained HTML page of the run reading TEXT: each token coloured by a unit's
+    state after it (the LSTM's cell state, the others' hidden state) or by its surprisal, with
+    the model's top guesses on hover and the units that best track quotes, brackets, line
+    position and word starts."""
+    from lmrnn.inspector import inspect_run
+
+    with user_errors():
+        if max_tokens < 1:
+            raise UserError(f"--max-tokens must be >= 1, got {max_tokens}")
+        shown = inspect_run(run_dir, read_text(text), out, layer, max_tokens, device)
+    print_table(f"{out}: {shown['tokens']:,} tokens of {shown['cell']} layer {shown['layer']}, perplexity {shown['ppl']:.2f}",
+                ["feature", "unit that tracks it best", "r"],
+                [[found["feature"], str(found["unit"]), f"{found['r']:+.3f}"] for found in shown["tracking"]])
