@@ -198,13 +198,12 @@ class LineScore:
         return {**asdict(self), "ppl": self.ppl}
 
 
-def score_lines(run_dir: Path, lines: list[str], device: str = "auto", batch_size: int = 32) -> list[LineScore]:
+def line_scores(model, tokenizer: Tokenizer, bptt: int, lines: list[str], batch_size: int = 32) -> list[LineScore]:
     """Each line scored on its own, as a document: [eos] line [eos], every target predicted from
     the start-of-text state. The same NLL `eval` gives a one-line split. Lines are batched
     longest first, padded on the right (a recurrent model never sees the padding of its row)."""
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
-    model, tokenizer, cfg = checkpoint.load_run(run_dir, resolve_device(device))
     if not lines:
         raise UserError("nothing to score: the text has no lines")
     eos = tokenizer.eos_id
@@ -222,6 +221,6 @@ def score_lines(run_dir: Path, lines: list[str], device: str = "auto", batch_siz
         for b, i in enumerate(rows):
             sequence = torch.tensor(sequences[i])
             x[b, :len(sequence) - 1], y[b, :len(sequence) - 1] = sequence[:-1], sequence[1:]
-        for i, nll in zip(rows, token_nll(model, x, y, cfg.train.bptt).double().sum(dim=1).tolist()):
+        for i, nll in zip(rows, token_nll(model, x, y, bptt).double().sum(dim=1).tolist()):
             logprobs[i] = -nll
     return [LineScore(line, len(seq) - 1, logprob) for line, seq, logprob in zip(lines, sequences, logprobs)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from dataclasses import asdict
@@ -44,7 +45,7 @@ def generate(
 ) -> None:
     """Continue a prompt with a trained model. The text streams to stdout as it is generated;
     nothing else goes there."""
-    from lmrnn.generate import TextGenerator
+    from lmrnn.api import load
     from lmrnn.sampling import Decoding
 
     with user_errors():
@@ -55,15 +56,15 @@ def generate(
         if interactive and (prompt is not None or prompt_file is not None or json_):
             raise UserError("--interactive reads its prompts from the keyboard; drop --prompt, --prompt-file and --json")
         stops = [s.replace("\\n", "\n").replace("\\t", "\t") for s in stop or []]
-        generator = TextGenerator(run_dir, device)
-        rng = generator.random_generator(seed)
+        lm = load(run_dir, device)
+        rng = lm.random_generator(seed)  # one stream of draws over every prompt of an --interactive session
         stream = decoding.batch_size == 1 and not json_
 
         def run(text: str) -> None:
             if stream and echo:
                 write(text)
-            generation = generator.generate(text, decoding, rng, stops, stop_at_eos, max_seconds,
-                                            write if stream else None)
+            generation = lm.complete(text, **asdict(decoding), stop=stops, stop_at_eos=stop_at_eos,
+                                     max_seconds=max_seconds, rng=rng, on_text=write if stream else None)
             if json_:
                 write(json.dumps({"run": str(run_dir), "seed": seed, "decoding": asdict(decoding),
                                    **generation.as_dict()}, indent=2) + "\n")
@@ -92,11 +93,11 @@ def score(
 ) -> None:
     """Log-probability, token count and perplexity of each line, each scored on its own from the
     start-of-text state with its end-of-line included: sentence scoring and reranking."""
-    from lmrnn.evaluate import score_lines
+    from lmrnn.api import load
 
     with user_errors():
         text = read_text(text_file)
-        scores = score_lines(run_dir, text.removesuffix("\n").split("\n") if text else [], device, batch_size)
+        scores = load(run_dir, device).score(text.removesuffix("\n").split("\n") if text else [], batch_size)
     if json_:
         write(json.dumps([s.as_dict() for s in scores], indent=2) + "\n")
         return
@@ -190,3 +191,48 @@ def inspect(
     print_table(f"{out}: {shown['tokens']:,} tokens of {shown['cell']} layer {shown['layer']}, perplexity {shown['ppl']:.2f}",
                 ["feature", "unit that tracks it best", "r"],
                 [[found["feature"], str(found["unit"]), f"{found['r']:+.3f}"] for found in shown["tracking"]])
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A recurrent run directory written by `lmrnn train`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The folder to write model.onnx, tokenizer.model and lmrnn.json to.")],
+    format_: Annotated[Literal["onnx"], typer.Option("--format", help="The export format.")] = "onnx",
+    overwrite: Annotated[bool, typer.Option(help="Replace what --out holds.")] = False,
+) -> None:
+    """The model's step as ONNX (ids and state in, logits and state out; any batch and length),
+    with the tokenizer: to run without PyTorch. Checked against PyTorch with onnxruntime when it
+    is installed (pip install 'lmrnn[onnx]')."""
+    from lmrnn.export import export_onnx, verify
+
+    with user_errors():
+        meta = export_onnx(run_dir, out, overwrite)
+    stderr.print(f"wrote {out}: {meta['cell']}, {meta['layers']} x {meta['hidden_size']}, {meta['vocab_size']:,} tokens",
+                 highlight=False, soft_wrap=True)
+    if importlib.util.find_spec("onnxruntime") is None:
+        stderr.print("onnxruntime is not installed: not checked (pip install 'lmrnn[onnx]')", highlight=False)
+        return
+    stderr.print(f"onnxruntime against PyTorch: largest logit difference {verify(run_dir, out):.2e}", highlight=False)
+
+
+@app.command()
+def serve(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `lmrnn train`.")],
+    host: Annotated[str, typer.Option(help="Interface to listen on; 127.0.0.1 (loopback) keeps it on this machine.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    max_tokens: Annotated[int, typer.Option(help="The most tokens one completion may ask for.")] = 1024,
+    max_prompt_chars: Annotated[int, typer.Option(help="The longest prompt (characters) a request may send.")] = 20_000,
+    device: DeviceOpt = "auto",
+) -> None:
+    """A JSON HTTP API over the run: POST /v1/completions (OpenAI's shape, streaming as
+    server-sent events), POST /v1/score, GET /health (pip install 'lmrnn[serve]')."""
+    with user_errors():
+        if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
+            raise UserError("lmrnn serve needs FastAPI and uvicorn: pip install 'lmrnn[serve]'")
+        if not (0 < port < 65536 and max_tokens >= 1 and max_prompt_chars >= 1):
+            raise UserError("--port must be in 1..65535, --max-tokens and --max-prompt-chars >= 1")
+        from lmrnn.server import Limits, serve as run_server
+
+        stderr.print(f"serving {run_dir} on http://{host}:{port} (POST /v1/completions, POST /v1/score, GET /health)",
+                     highlight=False, soft_wrap=True)
+        run_server(run_dir, host, port, device, Limits(max_tokens=max_tokens, max_prompt_chars=max_prompt_chars))
