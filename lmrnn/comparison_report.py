@@ -120,10 +120,25 @@ def tuning_markdown(results: dict) -> str:
         rows.append([cell, ", ".join(f"{k} {v:g}" for k, v in found["best"].items()),
                      "–" if best is None or best["val_ppl"] is None else f"{best['val_ppl']:.2f} at {best['budget']:.3g}",
                      str(sum(t["val_ppl"] is None for t in found["trials"]))])
+    edges = edge_choices(results)
+    warning = ("\n**At the edge of the search:** " + "; ".join(edges) + ". The best setting may lie beyond the "
+               "range searched: widen it (--tune KEY=LOW:HIGH) before reading the ranking.\n") if edges else ""
     return (f"## Tuning\n\nEach neural cell searched {knobs} over the same {plan['trials']} settings (scrambled "
             f"Sobol points), by successive halving with eta {plan['eta']}: trials trained to a fraction of the "
             f"budget, {schedule}. Trials ran with seed {plan['seed']}, chosen on validation only; the chosen "
             f"setting then trained for every seed above.\n\n"
             + markdown_table(["cell", "chosen", "val ppl of the chosen trial, at a fraction of the budget",
-                              "diverged trials"], rows)
+                              "diverged trials"], rows) + warning
             + f"\n![validation perplexity against each tuned value]({TUNING_PLOT})\n")
+
+
+def edge_choices(results: dict) -> list[str]:
+    """The chosen values that are the lowest or the highest tried for their key: the search did
+    not bracket the best there."""
+    found = []
+    for cell, search in results.get("tuning", {}).items():
+        for key, value in search["best"].items():
+            tried = [t[key] for t in search["trials"]]
+            if len(set(tried)) > 2 and value in (min(tried), max(tried)):
+                found.append(f"{cell}'s {key} {value:g} is the {'highest' if value == max(tried) else 'lowest'} value tried")
+    return found

@@ -48,3 +48,18 @@ def test_the_report_says_which_differences_the_seeds_resolve():
     assert rnn_row[3] == "0.002" and rnn_row[6] == "205.00 ± 7.07" and " – " in rnn_row[7]  # the 95% interval
     one_seed = report_markdown(results(seeds=(1,)))
     assert "One seed per cell: no interval, so no difference is resolved." in one_seed and "(one seed: no spread)" in one_seed
+
+
+def test_a_choice_at_the_edge_of_the_searched_range_is_flagged():
+    """The LSTM of the tuned PTB comparison chose 2.8e-2, the highest rate tried: the search did
+    not bracket its best, so the report says so rather than rank on it."""
+    tuned = results()
+    trials = [{"trial": k, "train.lr": lr, "val_ppl": 300.0 - k, "budget": 1 / 3, "val_ppl_by_rung": [400.0, 300.0 - k]}
+              for k, lr in enumerate((1e-3, 3e-3, 1e-2, 2.8e-2))]
+    tuned["tuning"] = {"gru": {"best": {"train.lr": 3e-3}, "best_trial": 1, "trials": trials},
+                       "rnn": {"best": {"train.lr": 2.8e-2}, "best_trial": 3, "trials": trials}}
+    tuned["tuning_plan"] = {"knobs": [{"key": "train.lr", "low": 1e-4, "high": 3e-2, "log": True}], "trials": 4,
+                            "eta": 3, "rungs": [[1 / 3, 4], [1.0, 1]], "seed": 3}
+    report = report_markdown(tuned)
+    assert "rnn's train.lr 0.028 is the highest value tried" in report and "gru's" not in report.split("edge")[1]
+    assert "| rnn | train.lr 0.028 | 297.00 at 0.333 | 0 |" in report
