@@ -82,23 +82,34 @@ class LanguageModel:
         if options.get("beams", 1) > 1 or options.get("num_samples", 1) > 1:
             raise ValueError("streaming gives one sample; use complete() for beams or several samples")
         pieces: queue.Queue = queue.Queue()
+        stopped = threading.Event()  # set when the reader leaves early: the worker then stops too
+
+        def hand_over(piece: str) -> None:
+            if stopped.is_set():
+                raise _ReaderLeft
+            pieces.put(piece)
 
         def run() -> None:
             try:
-                pieces.put(self.complete(prompt, on_text=pieces.put, **options))
+                pieces.put(self.complete(prompt, on_text=hand_over, **options))
+            except _ReaderLeft:
+                pass
             except BaseException as err:  # handed to the reader, raised there
                 pieces.put(err)
 
         worker = threading.Thread(target=run, daemon=True)
         worker.start()
-        while True:
-            piece = pieces.get()
-            if isinstance(piece, BaseException):
-                raise piece
-            yield piece
-            if isinstance(piece, Generation):
-                worker.join()
-                return
+        try:
+            while True:
+                piece = pieces.get()
+                if isinstance(piece, BaseException):
+                    raise piece
+                yield piece
+                if isinstance(piece, Generation):
+                    return
+        finally:
+            stopped.set()
+            worker.join()
 
     def score(self, lines: Sequence[str], batch_size: int = 32) -> list[LineScore]:
         """Each line's log-probability (nats), token count (its end included) and perplexity,
@@ -119,6 +130,10 @@ class LanguageModel:
                  burn_in: int | None = None) -> EvalResult:
         """`lmrnn eval` of this run: a split (default test) of its corpus or of `data`."""
         return evaluate_run(self.run_dir, split, data, str(self.device), batch_size, burn_in)
+
+
+class _ReaderLeft(Exception):
+    """Raised inside a streaming generation whose reader has stopped reading: it ends the work."""
 
 
 def load(run_dir: str | Path, device: str = "auto") -> LanguageModel:

@@ -34,7 +34,7 @@ from safetensors.torch import load_model, save_model
 
 from lmrnn import __version__
 from lmrnn.config import RESUMABLE_KEYS, RunConfig
-from lmrnn.config_parser import FORMAT_VERSION, config_to_yaml, flatten, load_config, migrate, missing_keys
+from lmrnn.config_parser import FORMAT_VERSION, config_to_yaml, flatten, load_config, missing_keys, unversion
 from lmrnn.errors import UserError
 from lmrnn.models import RNNLM, FeedForwardLM, NgramLM, build_model
 from lmrnn.ngram import KneserNey
@@ -136,13 +136,7 @@ def _read_config_dict(run_dir: Path) -> dict:
         raise UserError(f"cannot read {path}: {str(err).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path} is not a config mapping")
-    version = raw.pop("format", 1)  # format 1 wrote no version
-    if not isinstance(version, int) or version < 1:
-        raise UserError(f"{path}: format must be a positive integer, got {version!r}")
-    if version > FORMAT_VERSION:
-        raise UserError(f"{path} was written by a newer lmrnn (run format {version}; this lmrnn {__version__} "
-                        f"reads up to {FORMAT_VERSION}); upgrade lmrnn to use this run")
-    raw = migrate(raw, version)
+    raw = unversion(raw, path)
     missing = missing_keys(raw)
     if missing:
         raise UserError(f"{path} is missing {', '.join(missing)}; it was not written by lmrnn or was edited")

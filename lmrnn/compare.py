@@ -199,7 +199,8 @@ def compare(cfg: RunConfig, cells: list[str], seeds: list[int], match: str, out:
                "differences": pairwise({cell: [math.log(s["test_ppl"]) for s in runs] for cell, runs in per_cell.items()}),
                "runs": summaries}
     if knobs:
-        results["tuning"] = {cell: {"best": found["best"], "trials": found["trials"]} for cell, found in tuning.items()}
+        results["tuning"] = {cell: {key: found[key] for key in ("best", "best_trial", "trials")}
+                             for cell, found in tuning.items()}
         results["tuning_plan"] = {"knobs": request["tune"], "trials": trials, "eta": ETA, "rungs": rungs(trials),
                                   "seed": tuning_seed}
         plot_tuning(results, out / TUNING_PLOT)

@@ -85,8 +85,9 @@ def markdown_to_html(text: str, folder: Path) -> str:
 
 
 def _inline(text: str) -> str:
-    text = html.escape(text.replace("\\*", "*"))
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    """`code` and **bold**; the rest escaped."""
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text).replace("\\*", "*")
 
 
 def _image(path: Path, alt: str) -> str:

@@ -98,6 +98,9 @@ class ModelConfig:
     # gate block ("orthogonal", Saxe et al. 2014). benchmarks/init_ablation.py chose the defaults.
     init_range: float = 1.0
     recurrent_init: Literal["uniform", "orthogonal"] = "uniform"
+    # the input embeddings are multiplied by this: with tied weights, the decoder's scale (set by
+    # init_range) and the recurrent inputs' scale apart (as Vaswani et al. 2017 scale by sqrt(E))
+    embedding_scale: float = 1.0
     # adaptive: the adaptive softmax of Grave et al. 2017 (untied), for vocabularies of 30k and more
     output: Literal["softmax", "adaptive"] = "softmax"
     vocab_size: int = 0  # derived from the tokenizer when training starts
@@ -108,8 +111,9 @@ class ModelConfig:
         for key in ("embedding_dim", "hidden_size", "num_layers"):
             if getattr(self, key) < 1:
                 raise UserError(f"model.{key} must be >= 1, got {getattr(self, key)}")
-        if self.init_range <= 0:
-            raise UserError(f"model.init_range must be > 0, got {self.init_range}")
+        for key in ("init_range", "embedding_scale"):
+            if not getattr(self, key) > 0:
+                raise UserError(f"model.{key} must be > 0, got {getattr(self, key)}")
         for key in ("dropout", "embedding_dropout", "weight_drop"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise UserError(f"model.{key} must be in [0, 1), got {getattr(self, key)}")

@@ -19,19 +19,21 @@ from typing import Any, Literal
 
 import yaml
 
+from lmrnn import __version__
 from lmrnn.config import RunConfig
 from lmrnn.errors import UserError
 
 
 # Version of the config.yaml written into a run directory. Each step up names the keys it added
 # and the values that reproduce the older behaviour, so older runs load (and resume) unchanged.
-FORMAT_VERSION = 7
+FORMAT_VERSION = 8
 ADDED_IN_FORMAT = {2: {"train.save_minutes": 0.0, "train.max_bad_steps": 10}, 3: {"model.order": 5, "model.context": 5},
                    4: {"data.streaming": False},
                    5: {"model.locked_dropout": False, "model.embedding_dropout": 0.0, "model.weight_drop": 0.0,
                        "model.layer_norm": False, "train.variable_bptt": False, "train.asgd_patience": 5,
                        "train.ar": 0.0, "train.tar": 0.0},
-                   6: {"model.output": "softmax"}, 7: {"train.eval_burn_in": 0, "model.init_range": 0.1, "model.recurrent_init": "uniform"}}
+                   6: {"model.output": "softmax"}, 7: {"train.eval_burn_in": 0, "model.init_range": 0.1, "model.recurrent_init": "uniform"},
+                   8: {"model.embedding_scale": 1.0}}
 
 
 def migrate(raw: dict, version: int) -> dict:
@@ -42,6 +44,19 @@ def migrate(raw: dict, version: int) -> dict:
             section, leaf = key.split(".")
             raw[section] = {leaf: value, **(raw.get(section) or {})}
     return raw
+
+
+def unversion(raw: dict, where: Path) -> dict:
+    """A saved config (one with `format:`, as written into a run directory) without its version,
+    migrated to this format; a newer format than this lmrnn reads is refused."""
+    raw = dict(raw)
+    version = raw.pop("format", 1)  # format 1 wrote no version
+    if not isinstance(version, int) or version < 1:
+        raise UserError(f"{where}: format must be a positive integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise UserError(f"{where} was written by a newer lmrnn (run format {version}; this lmrnn {__version__} "
+                        f"reads up to {FORMAT_VERSION}); upgrade lmrnn to use this run")
+    return migrate(raw, version)
 
 
 def missing_keys(raw: dict) -> list[str]:
@@ -65,6 +80,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (),
     raw: dict = dict(base or {})
     if path is not None:
         raw = _read_yaml(Path(path))
+        if "format" in raw:  # a run's own config.yaml: train again from what that run used
+            raw = unversion(raw, Path(path))
     for item in overrides:
         key, sep, text = item.partition("=")  # split on the first '=' only: values may hold '='
         if not sep or not key.strip():

@@ -18,6 +18,7 @@ RNNs too, whose states `lmrnn inspect` shows).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -71,11 +72,12 @@ def trace_states(model: RNNLM, ids: torch.Tensor) -> list[LayerTrace]:
     """Every layer's states (and gates) over one stream of ids (T,), from the zero state, in
     evaluation mode (no dropout), step by step from the layer's weights."""
     cell = model.cfg.cell
-    step = {"lstm": _trace_lstm, "gru": _trace_gru, "rnn": _trace_rnn, "rnn_relu": _trace_rnn}[cell]
-    x = model.embedding(ids.to(model.device))  # (T, E), in the weights' dtype
+    step = {"lstm": _trace_lstm, "gru": _trace_gru, "rnn": partial(_trace_rnn, relu=False),
+            "rnn_relu": partial(_trace_rnn, relu=True)}[cell]
+    x = model.embedding(ids.to(model.device)) * model.cfg.embedding_scale  # (T, E), in the weights' dtype
     traces = []
     for layer in range(model.cfg.num_layers):
-        trace = step(x, layer_weights(model, layer), relu=cell == "rnn_relu")
+        trace = step(x, layer_weights(model, layer))
         traces.append(trace)
         x = trace.h
     return traces
@@ -109,7 +111,7 @@ def _trace_rnn(x: torch.Tensor, weights: dict, relu: bool) -> LayerTrace:
     return LayerTrace({}, torch.stack(hs), None)
 
 
-def _trace_lstm(x: torch.Tensor, weights: dict, relu: bool = False) -> LayerTrace:
+def _trace_lstm(x: torch.Tensor, weights: dict) -> LayerTrace:
     inputs = _input_half(x, weights)
     H = weights["weight_hh"].size(1)
     h, c = x.new_zeros(H), x.new_zeros(H)
@@ -129,7 +131,7 @@ def _trace_lstm(x: torch.Tensor, weights: dict, relu: bool = False) -> LayerTrac
     return LayerTrace({name: torch.stack(v) for name, v in values.items()}, torch.stack(hs), torch.stack(cs))
 
 
-def _trace_gru(x: torch.Tensor, weights: dict, relu: bool = False) -> LayerTrace:
+def _trace_gru(x: torch.Tensor, weights: dict) -> LayerTrace:
     inputs = _input_half(x, weights)
     H = weights["weight_hh"].size(1)
     h = x.new_zeros(H)

@@ -223,10 +223,3 @@ class TextGenerator:
                                         hypothesis.finish_reason, hypothesis.score))
         return results
 
-
-def generate_text(run_dir: Path, prompt: str, decoding: Decoding | None = None, seed: int | None = None,
-                  device: str = "auto", **options) -> str:
-    """The prompt followed by its (first) continuation: the one-call form of TextGenerator."""
-    generator = TextGenerator(run_dir, device)
-    generation = generator.generate(prompt, decoding or Decoding(), generator.random_generator(seed), **options)
-    return prompt + generation.continuations[0].text

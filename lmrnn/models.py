@@ -133,7 +133,7 @@ class RNNLM(DecodedLM):
         """ids (B, T) -> decoder inputs (B, T, D), the new state ((L, B, H), or a pair for LSTM;
         None in = zeros), and the top layer's outputs before and after dropout."""
         x = embedding_dropout(self.embedding, ids, self.cfg.embedding_dropout, self.training)
-        x = self.dropout(x)  # (B, T, E)
+        x = self.dropout(x * self.cfg.embedding_scale)  # (B, T, E)
         if self.layers is None:
             out, hidden = self._call(self.rnn, x, hidden)  # (B, T, H)
         else:
@@ -189,7 +189,7 @@ class FeedForwardLM(DecodedLM):
             hidden = ids.new_full((1, B, N), -1)
         tokens = torch.cat([hidden[0], ids], dim=1)  # (B, N + T)
         known = (tokens >= 0).unsqueeze(-1)
-        x = self.dropout(self.embedding(tokens.clamp(min=0)) * known)  # (B, N + T, E)
+        x = self.dropout(self.embedding(tokens.clamp(min=0)) * (known * self.cfg.embedding_scale))  # (B, N + T, E)
         # the window ending at each input token: positions t+1 .. t+N of `tokens`
         x = x.unfold(1, N, 1)[:, 1:]  # (B, T, E, N)
         x = x.transpose(2, 3).reshape(B, T, N * self.cfg.embedding_dim)  # (B, T, N * E)

@@ -30,6 +30,20 @@ def test_generate_is_the_cli_text_for_the_same_options_and_seed(lm, tiny_run):
     assert [c.text for c in beams.continuations] == [c["text"] for c in cli_beams["continuations"]]
 
 
+def test_a_stream_left_early_stops_its_generation(lm, monkeypatch):
+    handed = []
+    complete = lm.complete
+
+    def counting_complete(prompt, on_text, **options):
+        return complete(prompt, on_text=lambda piece: (handed.append(piece), on_text(piece)), **options)
+
+    monkeypatch.setattr(lm, "complete", counting_complete)
+    stream = lm.stream("the king", max_new_tokens=2000, temperature=1.0, seed=1, stop_at_eos=False)
+    next(stream)
+    stream.close()  # returns once the worker has stopped
+    assert 1 <= len(handed) <= 3  # the worker saw the reader leave at its next piece, not after 2,000 tokens
+
+
 def test_score_and_perplexity_are_the_cli_numbers(lm, tiny_run, tmp_path):
     lines = ["the old fox sang .", "the king ran over the hill ."]
     scores = lm.score(lines)

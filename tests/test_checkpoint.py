@@ -117,8 +117,11 @@ FORMAT_5_KEYS = ("  locked_dropout: false\n", "  embedding_dropout: 0.0\n", "  w
 def test_config_format_versions(tmp_path):
     run, _, cfg = make_run(tmp_path)
     text = (run / "config.yaml").read_text()
-    assert text.startswith("format: 7\n") and all(key in text for key in FORMAT_5_KEYS) and "  output: softmax\n" in text
-    before_7 = text.replace("format: 7\n", "format: 6\n")
+    assert text.startswith("format: 8\n") and all(key in text for key in FORMAT_5_KEYS) and "  output: softmax\n" in text
+    before_8 = text.replace("format: 8\n", "format: 7\n").replace("  embedding_scale: 1.0\n", "")
+    (run / "config.yaml").write_text(before_8)
+    assert checkpoint.read_config(run) == cfg  # format 7 gains model.embedding_scale 1, the inputs unscaled
+    before_7 = before_8.replace("format: 7\n", "format: 6\n")
     for key in FORMAT_7_KEYS:
         before_7 = before_7.replace(key, "")
     (run / "config.yaml").write_text(before_7)
@@ -145,8 +148,8 @@ def test_config_format_versions(tmp_path):
     assert checkpoint.read_config(run).data.streaming is False  # format 3 gains data.streaming
     (run / "config.yaml").write_text(before_5.replace("format: 5", "format: 4"))
     assert checkpoint.read_config(run) == old_cfg  # format 4 gains the regularisers, all off
-    (run / "config.yaml").write_text(text.replace("format: 7", "format: 8"))
-    with pytest.raises(UserError, match="written by a newer lmrnn \\(run format 8; .* reads up to 7\\)"):
+    (run / "config.yaml").write_text(text.replace("format: 8", "format: 9"))
+    with pytest.raises(UserError, match="written by a newer lmrnn \\(run format 9; .* reads up to 8\\)"):
         checkpoint.read_config(run)
     (run / "config.yaml").write_text(text.replace("  bptt: 70\n", ""))
     with pytest.raises(UserError, match="is missing train.bptt"):

@@ -152,7 +152,7 @@ def runs(tiny_run, tmp_path):
         shutil.copytree(tiny_run, made[name])
     config = (tiny_run / "config.yaml").read_text()
     (made["weights"] / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{bad")
-    (made["newer"] / "config.yaml").write_text(config.replace("format: 7", "format: 8"))
+    (made["newer"] / "config.yaml").write_text(config.replace("format: 8", "format: 9"))
     (made["mismatch"] / "config.yaml").write_text(config.replace("vocab_size: 300", "vocab_size: 299"))
     (made["missing_key"] / "config.yaml").write_text(config.replace("  num_layers: 1\n", ""))
     torch.save({"step": 1, "model": {}, "optimizer": {}, "rng": {}, "x": Payload(str(tmp_path / "pwned"))},
@@ -213,7 +213,7 @@ BAD_INPUTS = [
     ("generate {run} --interactive -p x", "--interactive reads its prompts"),
     ("generate {tmp}/nothing", "run directory not found"),
     ("generate {weights} -p x", "model.safetensors is truncated, corrupted"),
-    ("generate {newer}", "written by a newer lmrnn (run format 8"),
+    ("generate {newer}", "written by a newer lmrnn (run format 9"),
     ("generate {missing_key}", "is missing model.num_layers"),
     ("generate {tokenizer}", "is not a SentencePiece model"),
     ("score {run} --text-file {tmp}/missing.txt", "no such file"),
@@ -272,10 +272,9 @@ def invoke(*args, input=None):
 
 
 def test_generate_streams_the_prompt_and_continuation_and_nothing_else(tiny_run, tmp_path):
-    from lmrnn.generate import generate_text
-    from lmrnn.sampling import Decoding
+    import lmrnn
 
-    expected = generate_text(tiny_run, "the king", Decoding(max_new_tokens=20), seed=5, device="cpu")
+    expected = "the king" + lmrnn.load(tiny_run, device="cpu").generate("the king", max_new_tokens=20, seed=5)
     result = run("generate", tiny_run, "-p", "the king", "-n", "20", "--seed", "5", "--device", "cpu")
     assert result.exit_code == 0 and result.stdout == expected + "\n"
     assert run("generate", tiny_run, "-p", "the king", "-n", "20", "--seed", "5", "--no-echo").stdout == expected[8:] + "\n"

@@ -86,6 +86,7 @@ def test_compare_tunes_each_cell_on_validation_then_trains_every_seed(tmp_path):
         assert sorted(t["val_ppl_by_rung"][0] for t in full) == first_rung[:2]  # promoted on validation
         chosen = min(full, key=lambda t: t["val_ppl"])
         assert found["best"] == {"train.lr": chosen["train.lr"]} and chosen["val_ppl"] == chosen["val_ppl_by_rung"][1]
+        assert found["best_trial"] == chosen["trial"]
         for trial in found["trials"]:
             run = out / "tuning" / cell / f"trial{trial['trial']}"
             tested = [r for r in checkpoint.read_metrics(run) if r.get("split") == "test"]
@@ -97,6 +98,8 @@ def test_compare_tunes_each_cell_on_validation_then_trains_every_seed(tmp_path):
             assert checkpoint.read_config(out / f"{cell}-seed{seed}").train.lr == chosen["train.lr"]
     saved = json.loads((out / RESULTS).read_text())
     assert saved["tuning"]["gru"]["best"] == results["tuning"]["gru"]["best"]
+    assert saved["tuning"]["gru"]["best_trial"] == results["tuning"]["gru"]["best_trial"]  # report.md names its val ppl
+    assert f"{chosen['val_ppl']:.2f} at 1" in (out / "report.md").read_text()
     assert saved["tuning_plan"]["rungs"] == [[1 / 3, 6], [1.0, 2]] and saved["tuning_plan"]["seed"] == 3
     report = (out / REPORT).read_text()
     assert "## Tuning" in report and "train.lr in [0.001, 0.1] (log scale)" in report and "## Differences" in report

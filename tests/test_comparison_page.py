@@ -16,10 +16,10 @@ from tests.test_inspector import BROWSER
 def test_markdown_to_html_by_hand(tmp_path):
     (tmp_path / "plot.png").write_bytes(PNG + b"rest")
     text = ("# rnn, gru on ptb\n\nBudget `8` minutes.\n\n| cell | ppl |\n|---|---:|\n| rnn | 1 < 2 |\n\n"
-            "\\* Shared.\n\n![curves](plot.png)\n\n![missing](none.png)\n")
+            "\\* Shared. **At the edge:** widen it.\n\n![curves](plot.png)\n\n![missing](none.png)\n")
     assert markdown_to_html(text, tmp_path).split("\n") == [
         "<h1>rnn, gru on ptb</h1>", "<p>Budget <code>8</code> minutes.</p>",
-        "<table><tr><th>cell</th><th>ppl</th></tr><tr><td>rnn</td><td>1 &lt; 2</td></tr></table>", "<p>* Shared.</p>",
+        "<table><tr><th>cell</th><th>ppl</th></tr><tr><td>rnn</td><td>1 &lt; 2</td></tr></table>", "<p>* Shared. <strong>At the edge:</strong> widen it.</p>",
         '<img alt="curves" src="data:image/png;base64,iVBORw0KGgpyZXN0">', "<p>(none.png has not been drawn)</p>"]
 
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmrnn.config import RunConfig
-from lmrnn.config_parser import config_to_yaml, flatten, load_config
+from lmrnn.config_parser import FORMAT_VERSION, config_to_yaml, flatten, load_config
 from lmrnn.errors import UserError
 from tests.conftest import REPO
 
@@ -23,6 +23,21 @@ def test_defaults_build_and_round_trip_through_yaml():
 def test_every_shipped_preset_loads_and_opens_with_its_command(preset):
     load_config(preset)
     assert "lmrnn train" in preset.read_text().split("\n\n")[0].split("tokenizer:")[0]
+
+
+def test_a_runs_own_config_yaml_is_a_preset(tmp_path):
+    """`--config RUN/config.yaml` trains again from what that run used, migrated from its format."""
+    cfg = load_config(None, ["model.cell=gru", "train.lr=0.003", "model.init_range=1"])
+    saved = tmp_path / "config.yaml"
+    saved.write_text(f"format: {FORMAT_VERSION}\n" + config_to_yaml(cfg))
+    assert load_config(saved, ["train.batch_size=7"]) == load_config(None, ["model.cell=gru", "train.lr=0.003",
+                                                                            "model.init_range=1", "train.batch_size=7"])
+    saved.write_text(f"format: 6\n" + config_to_yaml(cfg).replace("  eval_burn_in: 256\n", "")
+                     .replace("  init_range: 1.0\n", "").replace("  recurrent_init: uniform\n", ""))
+    assert load_config(saved).model.init_range == 0.1  # format 6's initialisation, as a resumed run keeps it
+    saved.write_text(f"format: {FORMAT_VERSION + 1}\n" + config_to_yaml(cfg))
+    with pytest.raises(UserError, match="written by a newer lmrnn"):
+        load_config(saved)
 
 
 def test_yaml_scientific_notation_is_coerced_to_float(tmp_path):

@@ -15,7 +15,7 @@ from lmrnn.models import RNNLM
 def model(cell: str, layer_norm: bool = False, locked: bool = False, scale: float = 3.0) -> RNNLM:
     torch.manual_seed(0)
     m = RNNLM(ModelConfig(cell=cell, embedding_dim=12, hidden_size=10, num_layers=2, dropout=0.3, tie_weights=False,
-                          vocab_size=30, layer_norm=layer_norm, locked_dropout=locked))
+                          vocab_size=30, layer_norm=layer_norm, locked_dropout=locked, embedding_scale=1.5))
     with torch.no_grad():
         for p in m.parameters():
             p.mul_(scale)  # 3: gates far from 0.5, so a wrong order or bias would show

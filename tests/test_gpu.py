@@ -8,7 +8,8 @@ import torch
 from lmrnn.config_parser import load_config
 from lmrnn.console import TrainingProgress
 from lmrnn.evaluate import evaluate_run
-from lmrnn.generate import TextGenerator, generate_text
+import lmrnn
+from lmrnn.generate import TextGenerator
 from lmrnn.sampling import Decoding
 from lmrnn.runtime import autocast_dtype, resolve_device
 from lmrnn.train import train
@@ -31,9 +32,9 @@ def test_train_eval_generate_on_cuda(cell, corpus_dir, tmp_path):
     result = evaluate_run(tmp_path / "run", "test", device="cuda")
     cpu = evaluate_run(tmp_path / "run", "test", device="cpu")
     assert result.ppl == pytest.approx(cpu.ppl, rel=1e-3)  # fp32 eval on both
-    greedy = Decoding(temperature=0, max_new_tokens=12)
-    assert generate_text(tmp_path / "run", "the", greedy, device="cuda") == generate_text(tmp_path / "run", "the", greedy, device="cpu")
-    sampled = [generate_text(tmp_path / "run", "the", Decoding(top_p=0.9, num_samples=4), seed=3, device="cuda") for _ in range(2)]
+    on_gpu, on_cpu = lmrnn.load(tmp_path / "run", device="cuda"), lmrnn.load(tmp_path / "run", device="cpu")
+    assert on_gpu.generate("the", max_new_tokens=12, temperature=0) == on_cpu.generate("the", max_new_tokens=12, temperature=0)
+    sampled = [on_gpu.generate("the", top_p=0.9, num_samples=4, seed=3) for _ in range(2)]
     assert sampled[0] == sampled[1]  # seeded draws on the GPU are reproducible there
     beams = TextGenerator(tmp_path / "run", "cuda").generate("the", Decoding(beams=4, num_return=2)).continuations
     assert len(beams) == 2 and beams[0].score >= beams[1].score

@@ -75,6 +75,22 @@ def test_tying_shares_the_matrix_and_projects_when_sizes_differ():
     assert wide(torch.zeros(1, 3, dtype=torch.long))[0].shape == (1, 3, 11)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "ffnn"])
+def test_embedding_scale_multiplies_the_inputs_and_not_the_tied_decoder(cell):
+    """Scale s on embedding E reads the inputs of embedding s*E; the tied decoder keeps E."""
+    def build(scale):
+        torch.manual_seed(0)
+        return build_model(ModelConfig(cell=cell, vocab_size=11, embedding_dim=6, hidden_size=6, num_layers=2,
+                                       dropout=0.0, tie_weights=False, embedding_scale=scale)).eval()
+    scaled, plain = build(4.0), build(1.0)
+    with torch.no_grad():
+        plain.embedding.weight.mul_(4.0)
+    ids = torch.randint(0, 11, (2, 7))
+    torch.testing.assert_close(scaled(ids)[0], plain(ids)[0])
+    tied = build_model(ModelConfig(cell=cell, vocab_size=11, embedding_dim=6, hidden_size=6, embedding_scale=4.0))
+    assert tied.decoder.weight is tied.embedding.weight
+
+
 def test_detach_hidden_keeps_values_and_cuts_the_graph():
     model = tiny("lstm")
     _, hidden = model(torch.randint(0, 11, (1, 4)))

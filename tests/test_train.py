@@ -160,8 +160,7 @@ def test_an_existing_run_is_kept_unless_overwritten(tiny_run, tmp_path, corpus_d
 
 def test_an_adaptive_softmax_run_trains_evaluates_and_generates(corpus_dir, tmp_path):
     from lmrnn.evaluate import evaluate_run
-    from lmrnn.generate import generate_text
-    from lmrnn.sampling import Decoding
+    import lmrnn
 
     run = tmp_path / "run"
     summary = train(tiny_cfg(corpus_dir, "model.output=adaptive", "model.tie_weights=false", "train.max_steps=30"),
@@ -171,7 +170,7 @@ def test_an_adaptive_softmax_run_trains_evaluates_and_generates(corpus_dir, tmp_
     assert model.decoder.rank[counts.argmax()] == 0  # the clusters follow the training counts
     result = evaluate_run(run, "test")
     assert result.ppl == pytest.approx(summary["test_ppl"], rel=1e-6) and result.ppl < model.cfg.vocab_size
-    assert generate_text(run, "the", Decoding(temperature=0, max_new_tokens=5))
+    assert lmrnn.load(run, device="cpu").generate("the", max_new_tokens=5, temperature=0)
 
 
 def load_split_ids(run, corpus_dir):

@@ -2,9 +2,9 @@
 
     __init__   the app, its entry point run(), user_errors()
     options    the argument and option types the commands share; config flags
-    training   train, compare, tokenizer train
-    use        generate, score, eval
-    probe      probe gradients, context, recall
+    training   train, compare, report, tokenizer train
+    use        generate, score, eval, inspect, export, serve
+    probe      probe gradients, context, recall, gates
     text_io    prompts and text files in, text and tables out
 
 Config precedence (lowest first): built-in defaults < --config YAML < -s/--set key.path=value
@@ -36,7 +36,9 @@ app.add_typer(probe_app, name="probe")
 
 
 def rank() -> int:
-    """The torchrun rank of this process (0 without torchrun): only rank 0 prints results."""
+    """The torchrun rank of this process (0 without torchrun): only rank 0 prints results. Read
+    from torchrun's environment, as runtime.start_ranks reads it, because the logging set-up and
+    the error messages need it before (or without) torch being imported."""
     return int(os.environ.get("RANK", "0"))
 
 
