@@ -28,7 +28,7 @@ from pathlib import Path
 
 from lmrnn import checkpoint
 from lmrnn.config import RunConfig
-from lmrnn.config_parser import flatten, load_config
+from lmrnn.config_parser import ADDED_IN_FORMAT, flatten, load_config
 from lmrnn.console import ComparisonProgress
 from lmrnn.corpus import Corpus
 from lmrnn.data import load_or_train_tokenizer
@@ -222,6 +222,10 @@ def _claim(out: Path, request: dict, overwrite: bool) -> None:
             saved = json.loads(saved_path.read_text(encoding="utf-8"))
         except ValueError:
             saved = None
+        if isinstance(saved, dict) and isinstance(saved.get("config"), dict):
+            for added in ADDED_IN_FORMAT.values():  # a key added since ran with its old behaviour
+                for key, value in added.items():
+                    saved["config"].setdefault(key, value)
         if saved != json.loads(json.dumps(request)):
             keys = set(request) | (set(saved) if isinstance(saved, dict) else set())
             changed = sorted(k for k in keys if not isinstance(saved, dict) or saved.get(k) != request.get(k))
