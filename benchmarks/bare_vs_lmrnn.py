@@ -30,7 +30,6 @@ benchmarks/results/bare-vs-lmrnn-<minutes>min[-sgd][-tuned].json.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import math
@@ -46,9 +45,7 @@ from torch import nn
 
 from lmrnn import checkpoint
 from lmrnn.config_parser import load_config
-from lmrnn.corpus import Corpus
-from lmrnn.data import Split, load_split
-from lmrnn.evaluate import score_split
+from lmrnn.evaluate import evaluate_run
 from lmrnn.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,21 +163,18 @@ def bare_loop(cell: str, budgets: list[float], optimizer_name: str, seed: int = 
 def lmrnn_run(cell: str, minutes: float, config: Path, overrides: list[str], out: Path) -> dict:
     """Train `cell` for `minutes` from a preset, or from a saved run's config.yaml (a tuned cell)."""
     limits = ["train.epochs=0", "train.max_steps=0", f"train.max_minutes={minutes}"]
-    if config.name == checkpoint.CONFIG:
-        saved = checkpoint.read_config(config.parent)
-        cfg = load_config(None, [*limits, *overrides], base=dataclasses.asdict(saved))
+    if config.name == checkpoint.CONFIG:  # a run's own config.yaml is a preset too
+        cfg = load_config(config, [*limits, *overrides])
     else:
         cfg = load_config(config, ["tokenizer.model_type=word", "tokenizer.vocab_size=0", *limits, *overrides],
                           {"data.source": str(PTB), "model.cell": cell})
     summary = train(cfg, out, overwrite=True)
-    model, tokenizer, saved = checkpoint.load_run(out, torch.device("cpu"))
-    test: Split = load_split(Corpus(saved.data), "test", tokenizer)
-    nll, _ = score_split(model, test, 1, saved.train.bptt)  # one stream, as for the bare loop
+    test = evaluate_run(out, "test", device="cpu", batch_size=1)  # one stream, as for the bare loop
     return {"steps": summary["steps"], "epochs": summary["epochs"], "train_seconds": summary["train_seconds"],
-            "best_val_ppl": summary["best_val_ppl"], "test_word_ppl": math.exp(nll / test.words),
+            "best_val_ppl": summary["best_val_ppl"], "test_word_ppl": test.word_ppl,
             "tokens_per_second": summary["train_tokens_per_second"], "lr": summary["lr"],
             "others_cpu_share": summary["others_cpu_share"], "params": summary["params"],
-            "hidden_size": saved.model.hidden_size, "config": str(config.relative_to(ROOT) if config.is_relative_to(ROOT) else config)}
+            "hidden_size": cfg.model.hidden_size, "config": str(config.relative_to(ROOT) if config.is_relative_to(ROOT) else config)}
 
 
 def cell_config(args: argparse.Namespace, cell: str, minutes: float) -> Path:

@@ -19,10 +19,8 @@ first; each finished run is kept and skipped when the command runs again, and a 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -30,9 +28,7 @@ import torch
 
 from lmrnn import checkpoint
 from lmrnn.config_parser import load_config
-from lmrnn.corpus import Corpus
-from lmrnn.data import load_split
-from lmrnn.evaluate import score_split
+from lmrnn.evaluate import evaluate_run
 from lmrnn.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,19 +36,10 @@ RUNS = ROOT / "checkpoints" / "init-at-budget"
 OUT = ROOT / "benchmarks" / "results" / "init-at-budget.json"
 
 
-def one_stream_word_ppl(run_dir: Path) -> float:
-    model, tokenizer, saved = checkpoint.load_run(run_dir, torch.device("cpu"))
-    test = load_split(Corpus(saved.data), "test", tokenizer)
-    with torch.inference_mode():
-        nll, _ = score_split(model, test, 1, saved.train.bptt)
-    return math.exp(nll / test.words)
-
-
 def run_one(tuned: Path, cell: str, init_range: float, seed: int, overrides: list[str]) -> dict | None:
     """Train (or resume, or skip) one run; None when it was stopped before its budget."""
-    saved = checkpoint.read_config(tuned / f"{cell}-seed1")
-    cfg = load_config(None, [f"model.init_range={init_range}", f"seed={seed}", *overrides],
-                      base=dataclasses.asdict(saved))
+    cfg = load_config(tuned / f"{cell}-seed1" / checkpoint.CONFIG,
+                      [f"model.init_range={init_range}", f"seed={seed}", *overrides])
     run_dir = RUNS / f"{cell}-init{init_range:g}-seed{seed}"
     summary = checkpoint.read_summary(run_dir)
     if summary is None or summary.get("stopped_by") != "budget":
@@ -62,7 +49,7 @@ def run_one(tuned: Path, cell: str, init_range: float, seed: int, overrides: lis
             return None
     return {"cell": cell, "init_range": init_range, "seed": seed, "lr": cfg.train.lr, "steps": summary["steps"],
             "minutes": cfg.train.max_minutes, "others_cpu_share": summary["others_cpu_share"],
-            "test_word_ppl_one_stream": one_stream_word_ppl(run_dir),
+            "test_word_ppl_one_stream": evaluate_run(run_dir, "test", device="cpu", batch_size=1).word_ppl,
             "test_word_ppl_own_batch": summary["test_word_ppl"], "eval_batch_size": cfg.train.eval_batch_size,
             "eval_burn_in": cfg.train.eval_burn_in}
 
