@@ -5,7 +5,7 @@ Treebank words and on the shipped stories corpus, a short fixed budget in steps.
     python benchmarks/init_ablation.py --report         # the table from what has finished
 
 Candidates: the embedding (and tied decoder) drawn from U(-a, a) with a = 0.1 (the
-word_language_model value, tuned there for SGD at lr 20) or a = 1, and the hidden-to-hidden
+word_language_model value, tuned there for SGD at lr 20), 0.3 or 1, and the hidden-to-hidden
 matrices PyTorch's U(+-1/sqrt(H)) or orthogonal per gate block (Saxe et al. 2014). Each at two
 AdamW rates, 1e-2 (the old shared default) and 2e-3, so that a choice does not hold at one rate
 only. Everything else is configs/small.yaml's optimizer (AdamW, cosine, clip 1) with the
@@ -47,6 +47,7 @@ CORPORA = {
     "stories": ("", ["train.warmup_steps=50"], ROOT / "corpora" / "stories" / "valid.txt"),
 }
 INITS = {"U(0.1) uniform": ["model.init_range=0.1", "model.recurrent_init=uniform"],
+         "U(0.3) uniform": ["model.init_range=0.3", "model.recurrent_init=uniform"],
          "U(1) uniform": ["model.init_range=1", "model.recurrent_init=uniform"],
          "U(0.1) orthogonal": ["model.init_range=0.1", "model.recurrent_init=orthogonal"],
          "U(1) orthogonal": ["model.init_range=1", "model.recurrent_init=orthogonal"]}

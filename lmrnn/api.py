@@ -24,6 +24,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from lmrnn.batcher import Batcher
 from lmrnn.data import encode_documents
 from lmrnn.evaluate import EvalResult, LineScore, evaluate_run, line_scores, score_split
 from lmrnn.generate import Generation, TextGenerator
@@ -33,9 +34,14 @@ from lmrnn.sampling import Decoding
 class LanguageModel:
     """A run directory loaded once: its model, tokenizer and config, on one device."""
 
-    def __init__(self, run_dir: str | Path, device: str = "auto"):
+    def __init__(self, run_dir: str | Path, device: str = "auto", batch_rows: int = 0):
+        """`batch_rows` > 0: calls from many threads at once are decoded together, up to that many
+        rows per model step (lmrnn.batcher; `lmrnn serve` does this). A seeded text is then the
+        same as alone up to float rounding, which depends on the batch (about 1e-6 in a logit)."""
         self.run_dir = Path(run_dir)
         self._generator = TextGenerator(self.run_dir, device)
+        self.batcher = Batcher(self._generator, batch_rows) if batch_rows else None
+        self._decode = self.batcher.generate if self.batcher else self._generator.generate
         self.model, self.tokenizer, self.config = self._generator.model, self._generator.tokenizer, self._generator.cfg
         self.device = self._generator.device
 
@@ -55,8 +61,7 @@ class LanguageModel:
         receives a single sample's text as it is produced."""
         decoding = Decoding(temperature, top_k, top_p, min_p, repetition_penalty, no_repeat_ngram, beams,
                             length_penalty, num_return, num_samples, max_new_tokens)
-        return self._generator.generate(prompt, decoding, rng or self.random_generator(seed), stop, stop_at_eos,
-                                        max_seconds, on_text)
+        return self._decode(prompt, decoding, rng or self.random_generator(seed), stop, stop_at_eos, max_seconds, on_text)
 
     def random_generator(self, seed: int | None = None) -> torch.Generator:
         """The source of the draws: seeded, or from fresh entropy when `seed` is None."""
@@ -136,9 +141,10 @@ class _ReaderLeft(Exception):
     """Raised inside a streaming generation whose reader has stopped reading: it ends the work."""
 
 
-def load(run_dir: str | Path, device: str = "auto") -> LanguageModel:
-    """A run directory written by `lmrnn train` or `lmrnn compare`, ready to use."""
-    return LanguageModel(run_dir, device)
+def load(run_dir: str | Path, device: str = "auto", batch_rows: int = 0) -> LanguageModel:
+    """A run directory written by `lmrnn train` or `lmrnn compare`, ready to use (`batch_rows`:
+    LanguageModel's)."""
+    return LanguageModel(run_dir, device, batch_rows)
 
 
 def fit(data: str | Path | None = None, *, cell: str | None = None, out: str | Path | None = None,

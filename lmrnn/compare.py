@@ -226,9 +226,14 @@ def _claim(out: Path, request: dict, overwrite: bool) -> None:
             for added in ADDED_IN_FORMAT.values():  # a key added since ran with its old behaviour
                 for key, value in added.items():
                     saved["config"].setdefault(key, value)
-        if saved != json.loads(json.dumps(request)):
-            keys = set(request) | (set(saved) if isinstance(saved, dict) else set())
-            changed = sorted(k for k in keys if not isinstance(saved, dict) or saved.get(k) != request.get(k))
+        wanted = json.loads(json.dumps(request))
+        if saved != wanted:
+            keys = set(wanted) | (set(saved) if isinstance(saved, dict) else set())
+            changed = sorted(k for k in keys if not isinstance(saved, dict) or saved.get(k) != wanted.get(k))
+            if "config" in changed and isinstance(saved, dict) and isinstance(saved.get("config"), dict):
+                was, now = saved["config"], wanted["config"]  # name the keys, so the user can set them back
+                changed[changed.index("config")] = "; ".join(f"{key} {was.get(key)} -> {now.get(key)}" for key in
+                                                             sorted(set(was) | set(now)) if was.get(key) != now.get(key))
             raise UserError(f"{out} holds a comparison with different settings ({', '.join(changed)}); "
                             "run the same command to resume it, or use --overwrite or another --out")
     elif out.is_dir() and any(out.iterdir()) and not overwrite:

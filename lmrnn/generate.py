@@ -20,7 +20,7 @@ import torch
 from lmrnn import checkpoint
 from lmrnn.beam import beam_search
 from lmrnn.errors import UserError
-from lmrnn.models import map_hidden
+from lmrnn.models import Hidden, map_hidden
 from lmrnn.runtime import resolve_device
 from lmrnn.sampling import Decoding, NgramBlocker, apply_repetition_penalty, pick_next
 from lmrnn.text_stream import TextStream
@@ -52,6 +52,97 @@ class Generation:
     def as_dict(self) -> dict:
         return {"prompt": self.prompt, "prompt_tokens": self.prompt_tokens,
                 "continuations": [c.as_dict() for c in self.continuations]}
+
+
+class Sampler:
+    """One prompt's sampled decoding between model steps: B = num_samples rows, each with its
+    text, stop strings and finish reason. `pick` chooses every row's next token from `logits`
+    (B, V); the caller feeds those to the model with `hidden` and sets both to what comes back.
+    TextGenerator steps one sampler alone, Batcher many together. A finished row rides along
+    (its tokens ignored) until every row is done. A row whose every next token is banned ends
+    there ("no_allowed_token"), never emitting one of them."""
+
+    def __init__(self, prompt: str, context: list[int], logits: torch.Tensor, hidden: Hidden, decoding: Decoding,
+                 generator: torch.Generator, eos: int | None, deadline: float | None, streams: list[TextStream],
+                 on_text: Callable[[str], None] | None):
+        B = len(streams)
+        self.prompt, self.prompt_tokens, self.logits, self.hidden = prompt, len(context) - 1, logits, hidden
+        self.decoding, self.generator, self.eos, self.deadline = decoding, generator, eos, deadline
+        self.streams, self.on_text = streams, on_text
+        self.seen = self.blocker = None
+        if decoding.repetition_penalty != 1.0:
+            self.seen = torch.zeros_like(logits, dtype=torch.bool)
+            self.seen[:, context] = True
+        if decoding.no_repeat_ngram:
+            self.blocker = NgramBlocker(decoding.no_repeat_ngram, [context] * B)
+        self.rows = torch.arange(B, device=logits.device)
+        self.logprobs = torch.zeros(B, device=logits.device)  # summed over each row's live steps
+        self.live = torch.ones(B, device=logits.device)
+        self.generated: list[list[int]] = [[] for _ in range(B)]
+        self.reasons: list[str | None] = [None] * B
+        self.steps = 0
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.streams)
+
+    def pick(self) -> torch.Tensor | None:
+        """Every row's next token (B,) to feed to the model, or None when the decoding is over."""
+        decoding, reasons, B = self.decoding, self.reasons, self.num_rows
+        processed = self.logits
+        if self.seen is not None:
+            processed = apply_repetition_penalty(processed, self.seen, decoding.repetition_penalty)
+        if self.blocker is not None:
+            processed = self.blocker.ban(processed)
+            dead_ends = (processed == -float("inf")).all(dim=-1)  # (B,)
+            if bool(dead_ends.any()):
+                for row in dead_ends.nonzero().flatten().tolist():
+                    if reasons[row] is None:
+                        log.warning("%s: every next token would repeat a %d-gram (--no-repeat-ngram); it ends "
+                                    "after %d tokens", f"sample {row + 1}" if B > 1 else "the continuation",
+                                    decoding.no_repeat_ngram, len(self.generated[row]))
+                        reasons[row], self.live[row] = "no_allowed_token", 0.0
+                if all(reasons):
+                    return None
+                processed = processed.masked_fill(dead_ends[:, None], 0.0)  # a finished row's draw is ignored
+        token = pick_next(processed, decoding, self.generator)  # (B,)
+        self.logprobs += self.live * self.logits.float().log_softmax(dim=-1)[self.rows, token]
+        for row, tok in enumerate(token.tolist()):
+            if reasons[row] is not None:
+                continue
+            self.generated[row].append(tok)
+            if tok == self.eos:
+                reasons[row] = "eos"
+            else:
+                text = self.streams[row].push(tok)
+                if self.on_text is not None and text:
+                    self.on_text(text)
+                if self.streams[row].stopped:
+                    reasons[row] = "stop"
+            if reasons[row] is not None:
+                self.live[row] = 0.0
+        self.steps += 1
+        if all(reasons) or self.steps == decoding.max_new_tokens:
+            return None
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            self.reasons = [reason or "time" for reason in reasons]
+            return None
+        if self.seen is not None:
+            self.seen[self.rows, token] = True
+        if self.blocker is not None:
+            self.blocker.append(token.tolist())
+        return token
+
+    def generation(self) -> Generation:
+        """The continuations, once `pick` has said the decoding is over."""
+        results = []
+        for row, stream in enumerate(self.streams):
+            text = stream.finish()
+            if self.on_text is not None and text:
+                self.on_text(text)
+            results.append(Continuation(stream.text, self.generated[row], self.logprobs[row].item(),
+                                        self.reasons[row] or "length"))
+        return Generation(self.prompt, self.prompt_tokens, results)
 
 
 class TextGenerator:
@@ -94,118 +185,69 @@ class TextGenerator:
                  on_text: Callable[[str], None] | None = None) -> Generation:
         """Continuations of `prompt`: `decoding.num_samples` samples, or `decoding.num_return`
         beams best first. `on_text` receives the text of a single sample as it is produced."""
+        if decoding.beams > 1:
+            return self._beams(prompt, decoding, stops, stop_at_eos, max_seconds)
+        sampler = self.start(prompt, decoding, generator, stops, stop_at_eos, max_seconds, on_text)
+        with torch.inference_mode():
+            while (token := sampler.pick()) is not None:
+                logits, sampler.hidden = self.model(token[:, None], sampler.hidden)
+                sampler.logits = logits[:, -1]
+        return sampler.generation()
+
+    def start(self, prompt: str, decoding: Decoding, generator: torch.Generator | None = None,
+              stops: Sequence[str] = (), stop_at_eos: bool = True, max_seconds: float | None = None,
+              on_text: Callable[[str], None] | None = None) -> Sampler:
+        """The prompt read, and its sampled decoding ready to step (`generate`'s options; no beams)."""
+        deadline = self._check(decoding, stops, stop_at_eos, max_seconds)
+        context, logits, hidden = self._read(prompt)
+        B = decoding.num_samples
+        if B > 1:
+            logits = logits.expand(B, -1)
+            hidden = map_hidden(hidden, lambda h: h.expand(-1, B, -1).contiguous())  # (L, B, H)
+        streams = [self._text_stream(prompt, context, stops) for _ in range(B)]
+        return Sampler(prompt, context, logits, hidden, decoding, generator or self.random_generator(None),
+                       self.tokenizer.eos_id if stop_at_eos else None, deadline, streams, on_text)
+
+    def _check(self, decoding: Decoding, stops: Sequence[str], stop_at_eos: bool,
+               max_seconds: float | None) -> float | None:
+        """The options' errors; the deadline of `max_seconds` from now."""
         if any(not s for s in stops):
             raise UserError("--stop must not be empty")
         if max_seconds is not None and not max_seconds > 0:
             raise UserError(f"--max-seconds must be > 0, got {max_seconds}")
         if decoding.beams > 1 and not stop_at_eos:
             raise UserError("beam search ends each hypothesis at end-of-sequence; drop --no-stop-at-eos")
+        return time.monotonic() + max_seconds if max_seconds is not None else None
+
+    def _read(self, prompt: str) -> tuple[list[int], torch.Tensor, Hidden]:
+        """The prompt's ids, the logits (1, V) after it and the state: the whole prompt in one call."""
         context = self.prompt_ids(prompt)
-        deadline = time.monotonic() + max_seconds if max_seconds is not None else None
-        last_line = context[len(context) - context[::-1].index(self.tokenizer.eos_id):]
-        strip_space = prompt[-1:] in (" ", "\t")
-
-        def stream() -> TextStream:
-            return TextStream(self.tokenizer, last_line, stops, strip_space)
-
         with torch.inference_mode():
-            logits, hidden = self.model(torch.tensor([context], device=self.device))  # the whole prompt, once
-            logits = logits[:, -1]  # (1, V)
-            if not bool(torch.isfinite(logits).all()):
-                raise UserError("the model's outputs after the prompt are not finite numbers: its weights are "
-                                "broken (a diverged run?); generate from another checkpoint")
-            if decoding.beams > 1:
-                continuations = self._beams(logits, hidden, context, decoding, deadline, stream)
-            else:
-                continuations = self._sample(logits, hidden, context, decoding, generator or self.random_generator(None),
-                                             stop_at_eos, deadline, [stream() for _ in range(decoding.num_samples)], on_text)
-        return Generation(prompt, len(context) - 1, continuations)
+            logits, hidden = self.model(torch.tensor([context], device=self.device))
+        logits = logits[:, -1]  # (1, V)
+        if not bool(torch.isfinite(logits).all()):
+            raise UserError("the model's outputs after the prompt are not finite numbers: its weights are "
+                            "broken (a diverged run?); generate from another checkpoint")
+        return context, logits, hidden
 
-    def _sample(self, logits: torch.Tensor, hidden, context: list[int], decoding: Decoding,
-                generator: torch.Generator, stop_at_eos: bool, deadline: float | None,
-                streams: list[TextStream], on_text: Callable[[str], None] | None) -> list[Continuation]:
-        """Greedy or sampled decoding of B = num_samples rows as one batch; a finished row rides
-        along (its tokens ignored) until every row is done. A row whose every next token is banned
-        ends there ("no_allowed_token"), never emitting one of them."""
-        B, eos = len(streams), self.tokenizer.eos_id
-        if B > 1:
-            logits = logits.expand(B, -1)
-            hidden = map_hidden(hidden, lambda h: h.expand(-1, B, -1).contiguous())  # (L, B, H)
-        seen = blocker = None
-        if decoding.repetition_penalty != 1.0:
-            seen = torch.zeros_like(logits, dtype=torch.bool)
-            seen[:, context] = True
-        if decoding.no_repeat_ngram:
-            blocker = NgramBlocker(decoding.no_repeat_ngram, [context] * B)
-        rows = torch.arange(B, device=self.device)
-        logprobs = torch.zeros(B, device=self.device)  # summed over each row's live steps
-        live = torch.ones(B, device=self.device)
-        generated: list[list[int]] = [[] for _ in range(B)]
-        reasons: list[str | None] = [None] * B
-        for step in range(decoding.max_new_tokens):
-            processed = logits
-            if seen is not None:
-                processed = apply_repetition_penalty(processed, seen, decoding.repetition_penalty)
-            if blocker is not None:
-                processed = blocker.ban(processed)
-                dead_ends = (processed == -float("inf")).all(dim=-1)  # (B,)
-                if bool(dead_ends.any()):
-                    for row in dead_ends.nonzero().flatten().tolist():
-                        if reasons[row] is None:
-                            log.warning("%s: every next token would repeat a %d-gram (--no-repeat-ngram); it ends "
-                                        "after %d tokens", f"sample {row + 1}" if B > 1 else "the continuation",
-                                        decoding.no_repeat_ngram, len(generated[row]))
-                            reasons[row], live[row] = "no_allowed_token", 0.0
-                    if all(reasons):
-                        break
-                    processed = processed.masked_fill(dead_ends[:, None], 0.0)  # a finished row's draw is ignored
-            token = pick_next(processed, decoding, generator)  # (B,)
-            logprobs += live * logits.float().log_softmax(dim=-1)[rows, token]
-            for row, tok in enumerate(token.tolist()):
-                if reasons[row] is not None:
-                    continue
-                generated[row].append(tok)
-                if tok == eos and stop_at_eos:
-                    reasons[row] = "eos"
-                else:
-                    text = streams[row].push(tok)
-                    if on_text is not None and text:
-                        on_text(text)
-                    if streams[row].stopped:
-                        reasons[row] = "stop"
-                if reasons[row] is not None:
-                    live[row] = 0.0
-            if all(reasons) or step == decoding.max_new_tokens - 1:
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                reasons = [reason or "time" for reason in reasons]
-                break
-            if seen is not None:
-                seen[rows, token] = True
-            if blocker is not None:
-                blocker.append(token.tolist())
-            logits, hidden = self.model(token[:, None], hidden)
-            logits = logits[:, -1]  # (B, V)
-        results = []
-        for row, stream in enumerate(streams):
-            text = stream.finish()
-            if on_text is not None and text:
-                on_text(text)
-            results.append(Continuation(stream.text, generated[row], logprobs[row].item(), reasons[row] or "length"))
-        return results
+    def _text_stream(self, prompt: str, context: list[int], stops: Sequence[str]) -> TextStream:
+        last_line = context[len(context) - context[::-1].index(self.tokenizer.eos_id):]
+        return TextStream(self.tokenizer, last_line, stops, strip_space=prompt[-1:] in (" ", "\t"))
 
-    def _beams(self, logits: torch.Tensor, hidden, context: list[int], decoding: Decoding,
-               deadline: float | None, stream: Callable[[], TextStream]) -> list[Continuation]:
-        template = stream()
-        line, stops = template.ids, template.stops
-        start = len(self.tokenizer.decode(line))
+    def _beams(self, prompt: str, decoding: Decoding, stops: Sequence[str], stop_at_eos: bool,
+               max_seconds: float | None) -> Generation:
+        deadline = self._check(decoding, stops, stop_at_eos, max_seconds)
+        context, logits, hidden = self._read(prompt)
+        template = self._text_stream(prompt, context, stops)
+        line, start = template.ids, len(self.tokenizer.decode(template.ids))
 
         def stopped(tokens: list[int]) -> bool:  # one decode per candidate: no eos inside a live beam
             text = self.tokenizer.decode(line + tokens)[start:]
-            return any(s in text for s in stops)
+            return any(s in text for s in template.stops)
 
-        hypotheses = beam_search(self.model, logits, hidden, context, decoding, self.tokenizer.eos_id,
-                                 deadline, stopped if stops else None)
+        with torch.inference_mode():
+            hypotheses = beam_search(self.model, logits, hidden, context, decoding, self.tokenizer.eos_id,
+                                     deadline, stopped if stops else None)
         if hypotheses[0].finish_reason == "no_allowed_token":
             log.warning("every beam reached a token sequence whose every continuation is banned "
                         "(--no-repeat-ngram %d): nothing was generated", decoding.no_repeat_ngram)
@@ -215,11 +257,11 @@ class TextGenerator:
                         decoding.no_repeat_ngram)
         results = []
         for hypothesis in hypotheses:
-            text = stream()
+            text = self._text_stream(prompt, context, stops)
             for token in hypothesis.tokens[:-1] if hypothesis.finish_reason == "eos" else hypothesis.tokens:
                 text.push(token)
             text.finish()
             results.append(Continuation(text.text, hypothesis.tokens, hypothesis.logprob,
                                         hypothesis.finish_reason, hypothesis.score))
-        return results
+        return Generation(prompt, len(context) - 1, results)
 

@@ -6,8 +6,9 @@
     GET  /health           {"status": "ok", ...}
 
 Every request goes through lmrnn.api (one generation path, one scoring path, the CLI's). The
-endpoints are plain functions, which the server runs in its thread pool, so one long request
-does not hold up the others. A bad request (malformed JSON, an option out of range, a prompt
+endpoints are plain functions, which the server runs in its thread pool; the completions in
+flight are decoded together, one model call per step for all their rows (lmrnn.batcher), so
+one long request does not hold up the others and many cost little more than one. A bad request (malformed JSON, an option out of range, a prompt
 or max_tokens past the limits) gets a 4xx and a one-line JSON error; the server keeps serving.
 """
 
@@ -38,6 +39,7 @@ class Limits:
     max_prompt_chars: int = 20_000
     max_n: int = 16
     max_lines: int = 1000  # per scoring request
+    batch_rows: int = 64  # completions in flight decoded together, rows per model step (0: each alone)
 
 
 class CompletionRequest(BaseModel):
@@ -67,8 +69,9 @@ def error(status: int, message: str) -> JSONResponse:
 
 
 def create_app(run_dir: Path, device: str = "auto", limits: Limits = Limits()) -> FastAPI:
-    lm = LanguageModel(run_dir, device)
+    lm = LanguageModel(run_dir, device, batch_rows=limits.batch_rows)
     name = Path(run_dir).name
+    max_n = min(limits.max_n, limits.batch_rows or limits.max_n)  # a request's samples fit in one batch
     app = FastAPI(title=f"lmrnn: {name}")
 
     @app.exception_handler(RequestValidationError)
@@ -96,8 +99,8 @@ def create_app(run_dir: Path, device: str = "auto", limits: Limits = Limits()) -
                                     f"{limits.max_prompt_chars:,} at most")
         if body.max_tokens > limits.max_tokens:
             raise RequestError(400, f"max_tokens {body.max_tokens} is over this server's limit of {limits.max_tokens}")
-        if body.n > limits.max_n or (body.stream and body.n > 1):
-            raise RequestError(400, f"n must be at most {limits.max_n}, and 1 with stream")
+        if body.n > max_n or (body.stream and body.n > 1):
+            raise RequestError(400, f"n must be at most {max_n}, and 1 with stream")
         stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         options = {"max_new_tokens": body.max_tokens, "temperature": body.temperature, "top_p": body.top_p,
                    "stop": stops, "seed": body.seed}

@@ -109,7 +109,7 @@ def test_a_tampered_train_state_is_refused_before_its_code_runs(tmp_path):
     assert not marker.exists()
 
 
-FORMAT_7_KEYS = ("  eval_burn_in: 256\n", "  init_range: 1.0\n", "  recurrent_init: uniform\n")
+FORMAT_7_KEYS = ("  eval_burn_in: 256\n", "  init_range: 0.3\n", "  recurrent_init: uniform\n")
 FORMAT_5_KEYS = ("  locked_dropout: false\n", "  embedding_dropout: 0.0\n", "  weight_drop: 0.0\n", "  layer_norm: false\n",
                  "  variable_bptt: false\n", "  asgd_patience: 5\n", "  ar: 0.0\n", "  tar: 0.0\n")
 

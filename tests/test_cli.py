@@ -236,6 +236,7 @@ BAD_INPUTS = [
     ("probe context {run} --max-context 0 --plot {tmp}/c.png", "--max-context and --targets must be >= 1"),
     ("probe gradients {tmp}/nothing --plot {tmp}/g.png", "run directory not found"),
     ("tokenizer train {corpus} --out {run}/config.yaml", "already exists"),
+    ("serve {run} --batch-rows -1", "--batch-rows >= 0"),
 ]
 
 

@@ -172,7 +172,7 @@ def test_compare_refuses_a_folder_with_other_contents(tmp_path):
     compare(tiny_cfg(corpus, steps=4), ["rnn"], [1], "hidden", out, progress=ComparisonProgress(1, enabled=False))
     with pytest.raises(UserError, match="different settings.*cells"):
         compare(tiny_cfg(corpus, steps=4), ["gru"], [1], "hidden", out, progress=ComparisonProgress(1, enabled=False))
-    with pytest.raises(UserError, match="different settings.*config"):
+    with pytest.raises(UserError, match="different settings.*train.max_steps 4 -> 5"):
         compare(tiny_cfg(corpus, steps=5), ["rnn"], [1], "hidden", out, progress=ComparisonProgress(1, enabled=False))
     # a comparison saved before a config key existed resumes when the key keeps its old behaviour
     request = json.loads((out / "request.json").read_text())
@@ -181,7 +181,7 @@ def test_compare_refuses_a_folder_with_other_contents(tmp_path):
     compare(tiny_cfg(corpus, steps=4), ["rnn"], [1], "hidden", out, progress=ComparisonProgress(1, enabled=False))
     request["config"]["model.init_range"] = 0.1  # one that ran otherwise is still told apart
     (out / "request.json").write_text(json.dumps(request))
-    with pytest.raises(UserError, match="different settings.*config"):
+    with pytest.raises(UserError, match="different settings.*model.init_range 0.1 -> 0.3"):
         compare(tiny_cfg(corpus, steps=4), ["rnn"], [1], "hidden", out, progress=ComparisonProgress(1, enabled=False))
     other = tmp_path / "other"
     other.mkdir()

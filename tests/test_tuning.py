@@ -22,11 +22,11 @@ def test_knobs_from_default_and_given_ranges():
     cfg = load_config()
     lr, clip, dropout, hidden_layers = parse_knobs(
         ["train.lr", "train.clip_grad_norm=0.1:10", "model.dropout", "model.num_layers=1:3"], cfg)
-    assert (lr.low, lr.high, lr.log) == (1e-4, 3e-2, True)  # adamw's range, a factor 300: log scale
+    assert (lr.low, lr.high, lr.log) == (3e-4, 1e-1, True)  # adamw's range, a factor 333: log scale
     assert (clip.low, clip.high, clip.log) == (0.1, 10.0, True)
     assert (dropout.low, dropout.high, dropout.log) == (0.0, 0.6, False)  # from 0: linear
     assert hidden_layers.integer and hidden_layers.value(0.99) == 3 and hidden_layers.value(0.0) == 1
-    assert lr.value(0.0) == 1e-4 and lr.value(0.5) == pytest.approx(math.sqrt(1e-4 * 3e-2), rel=1e-3)
+    assert lr.value(0.0) == 3e-4 and lr.value(0.5) == pytest.approx(math.sqrt(3e-4 * 1e-1), rel=1e-3)
     sgd = load_config(overrides=["train.optimizer=sgd", "train.lr=20"])
     assert parse_knobs(["train.lr"], sgd)[0].high == 60.0  # SGD's rates are another scale
 

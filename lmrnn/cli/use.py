@@ -222,6 +222,8 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     max_tokens: Annotated[int, typer.Option(help="The most tokens one completion may ask for.")] = 1024,
     max_prompt_chars: Annotated[int, typer.Option(help="The longest prompt (characters) a request may send.")] = 20_000,
+    batch_rows: Annotated[int, typer.Option(help="Completions in flight are decoded together, up to this many rows "
+                                                 "per model step; 0 decodes each request alone.")] = 64,
     device: DeviceOpt = "auto",
 ) -> None:
     """A JSON HTTP API over the run: POST /v1/completions (OpenAI's shape, streaming as
@@ -229,10 +231,11 @@ def serve(
     with user_errors():
         if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
             raise UserError("lmrnn serve needs FastAPI and uvicorn: pip install 'lmrnn[serve]'")
-        if not (0 < port < 65536 and max_tokens >= 1 and max_prompt_chars >= 1):
-            raise UserError("--port must be in 1..65535, --max-tokens and --max-prompt-chars >= 1")
+        if not (0 < port < 65536 and max_tokens >= 1 and max_prompt_chars >= 1 and batch_rows >= 0):
+            raise UserError("--port must be in 1..65535, --max-tokens and --max-prompt-chars >= 1, --batch-rows >= 0")
         from lmrnn.server import Limits, serve as run_server
 
         stderr.print(f"serving {run_dir} on http://{host}:{port} (POST /v1/completions, POST /v1/score, GET /health)",
                      highlight=False, soft_wrap=True)
-        run_server(run_dir, host, port, device, Limits(max_tokens=max_tokens, max_prompt_chars=max_prompt_chars))
+        run_server(run_dir, host, port, device, Limits(max_tokens=max_tokens, max_prompt_chars=max_prompt_chars,
+                                                            batch_rows=batch_rows))
