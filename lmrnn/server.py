@@ -8,8 +8,9 @@
 Every request goes through lmrnn.api (one generation path, one scoring path, the CLI's). The
 endpoints are plain functions, which the server runs in its thread pool; the completions in
 flight are decoded together, one model call per step for all their rows (lmrnn.batcher), so
-one long request does not hold up the others and many cost little more than one. A bad request (malformed JSON, an option out of range, a prompt
-or max_tokens past the limits) gets a 4xx and a one-line JSON error; the server keeps serving.
+one long request does not hold up the others and many cost little more than one. A bad
+request (malformed JSON, an option out of range, a prompt or max_tokens past the limits) gets
+a 4xx and a one-line JSON error; the server keeps serving.
 """
 
 from __future__ import annotations
