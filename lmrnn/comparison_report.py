@@ -120,9 +120,12 @@ def tuning_markdown(results: dict) -> str:
         rows.append([cell, ", ".join(f"{k} {v:g}" for k, v in found["best"].items()),
                      "–" if best is None or best["val_ppl"] is None else f"{best['val_ppl']:.2f} at {best['budget']:.3g}",
                      str(sum(t["val_ppl"] is None for t in found["trials"]))])
-    edges = edge_choices(results)
+    edges, short = edge_choices(results), rungs_inside_warmup(results)
     warning = ("\n**At the edge of the search:** " + "; ".join(edges) + ". The best setting may lie beyond the "
                "range searched: widen it (--tune KEY=LOW:HIGH) before reading the ranking.\n") if edges else ""
+    warning += ("\n**The first rung ended inside the warm-up:** " + "; ".join(short) + ". Every rate was judged "
+                "before it had peaked, which favours high rates (short-horizon bias, Wu et al. 2018): set "
+                "train.warmup_steps below the first rung's steps before reading the choice.\n") if short else ""
     return (f"## Tuning\n\nEach neural cell searched {knobs} over the same {plan['trials']} settings (scrambled "
             f"Sobol points), by successive halving with eta {plan['eta']}: trials trained to a fraction of the "
             f"budget, {schedule}. Trials ran with seed {plan['seed']}, chosen on validation only; the chosen "
@@ -141,4 +144,15 @@ def edge_choices(results: dict) -> list[str]:
             tried = [t[key] for t in search["trials"]]
             if len(set(tried)) > 2 and value in (min(tried), max(tried)):
                 found.append(f"{cell}'s {key} {value:g} is the {'highest' if value == max(tried) else 'lowest'} value tried")
+    return found
+
+
+def rungs_inside_warmup(results: dict) -> list[str]:
+    """The cells whose first rung stopped a trial before the end of the learning-rate warm-up."""
+    warmup = results["config"].get("train.warmup_steps", 0)
+    found = []
+    for cell, search in results.get("tuning", {}).items():
+        first = [t["steps_by_rung"][0] for t in search["trials"] if (t.get("steps_by_rung") or [None])[0] is not None]
+        if first and min(first) < warmup:
+            found.append(f"{cell}'s at step {min(first)} of a {warmup}-step warm-up")
     return found

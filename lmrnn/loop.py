@@ -100,11 +100,15 @@ class Trainer:
                 self.report.update(progress, text)
                 # one process stops at once; ranks stop together, at the all-reduce after the request
                 self.stop_asked = self.stop_asked or (not self.ranks.joined and self.stop.asked is not None)
-                done = progress >= min(1.0, self.pause_at - 1e-9) or self.stop_asked
+                reached = progress >= min(1.0, self.pause_at - 1e-9)
+                done = reached or self.stop_asked
                 pause_start = time.perf_counter()
                 save_due = ((tc.save_every and state.step % tc.save_every == 0) or
                             (tc.save_minutes and self.totals["elapsed_seconds"] - state.saved_at >= 60 * tc.save_minutes))
-                if (tc.eval_every and state.step % tc.eval_every == 0) or at_epoch_end or done:
+                # a stop signal saves (below) without validating: an extra validation would cost the
+                # budget time and could move the plateau schedule or NT-ASGD's trigger, and then the
+                # resumed run would not be the run that was never stopped
+                if (tc.eval_every and state.step % tc.eval_every == 0) or at_epoch_end or reached:
                     self.settle()
                     self.validate(hidden)
                 elif save_due:

@@ -176,14 +176,18 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
 
     # ---- the loop (lmrnn.loop)
     report = (progress or TrainingProgress()) if main else SilentProgress()
+    # wall_seconds counts every session: this process's, plus the budget clock of earlier ones
+    # (their start-up and final scoring are not in it)
+    wall_start -= state.elapsed_seconds
     trainer = Trainer(cfg, run_dir, Parts(model, trained, optimizer, scaler, average), state, x_train, y_train,
                       splits["validation"], rows, ranks, device, amp_dtype, report, pause_at)
     trainer.fit()
 
     # ---- final figures with the best weights (read by rank 0, sent to the others); a run
-    # paused short of its budget (or stopped before its pause) is not scored on test
+    # paused short of its budget (or stopped before its pause), or never validated, is not scored on test
     budget_used = trainer.used(state.elapsed_seconds)
-    untested = pause_at < 1.0 and budget_used < 1.0
+    validated = math.isfinite(state.best_val_loss)  # not so when stopped by a signal before the first validation
+    untested = (pause_at < 1.0 and budget_used < 1.0) or not validated
     test = dict.fromkeys(("ppl", "word_ppl", "bits_per_byte"))
     if not untested:
         if main:
@@ -195,7 +199,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
     # other work's share of the machine's CPU time while this run trained (0 = it had the cores to itself)
     others = (state.machine_cpu_seconds - state.cpu_seconds) / max(state.elapsed_seconds * (os.cpu_count() or 1), 1e-9)
     result = summary(run_dir, cfg, model, steps=state.step, epochs=trainer.epochs_done(), tokens=state.tokens,
-                     seconds=state.train_seconds, wall_start=wall_start, best_val_ppl=math.exp(state.best_val_loss),
+                     seconds=state.train_seconds, wall_start=wall_start, best_val_ppl=math.exp(state.best_val_loss) if validated else None,
                      test=test, lr=tc.lr, skipped_steps=state.bad_steps, budget_used=round(budget_used, 6),
                      stopped_by=trainer.stopped_by or ("paused" if untested else "budget"),
                      cpu_seconds=round(state.cpu_seconds, 2),

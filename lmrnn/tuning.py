@@ -14,9 +14,14 @@ the rungs of Li et al. 2018's Hyperband bracket) then spends the budget:
 
 A last rung that would train a single trial is skipped: it has no rival left to beat, and the
 chosen setting trains afresh for every seed anyway. N = 9: 9 trials train to 1/9 of the budget
-and 3 to 1/3, the best of those is chosen: two full budgets per cell. A trial is paused at its rung, not restarted: its learning-rate schedule is the whole
+and 3 to 1/3, the best of those is chosen: two full budgets per cell.
+
+A trial is paused at its rung, not restarted: its learning-rate schedule is the whole
 budget's from the first step (lmrnn.train's pause_at), and --resume continues it exactly, so a
-promoted trial is the run it would have been had it never stopped.
+promoted trial is the run it would have been had it never stopped. Judging a run early has a
+known bias (short-horizon bias, Wu et al. 2018), worst inside the learning-rate warm-up: there
+every rate is judged before it has peaked, which favours high ones, so the report flags a first
+rung that ends before train.warmup_steps.
 
 Each trial is an ordinary run directory, tuning/<cell>/trial<k>/, and each rung's validation
 figure is written to tuning/<cell>/search.json as soon as it is known, so an interrupted search
@@ -165,6 +170,8 @@ def search(settings: list[dict], trial_config: Callable[[dict], RunConfig], fold
                     checkpoint.write_summary(run_dir, summary)
                 if summary["stopped_by"] not in ("budget", "paused", "diverged"):
                     return {"interrupted": summary["stopped_by"]}
+            # steps reached at each rung: the report checks that the first came after the warm-up
+            record.setdefault("steps", [None] * len(record["val_ppl"])).append(summary.get("steps"))
             record["val_ppl"].append(summary["best_val_ppl"])
             record["budget"] = fraction
             atomic_write(state_path, json.dumps(records, indent=2) + "\n")
@@ -175,7 +182,7 @@ def search(settings: list[dict], trial_config: Callable[[dict], RunConfig], fold
         raise UserError(f"every trial of the search in {folder} diverged; narrow the --tune ranges")
     return {"best": records[best]["setting"], "best_trial": best,
             "trials": [{"trial": r["trial"], **r["setting"], "val_ppl": r["val_ppl"][-1], "budget": r["budget"],
-                        "val_ppl_by_rung": r["val_ppl"]} for r in records]}
+                        "val_ppl_by_rung": r["val_ppl"], "steps_by_rung": r.get("steps", [])} for r in records]}
 
 
 def _read_records(path: Path, settings: list[dict]) -> list[dict]:

@@ -1,6 +1,6 @@
 import math
 
-from lmrnn.comparison_report import budget_text, report_markdown, shared_runs, table_rows
+from lmrnn.comparison_report import budget_text, report_markdown, rungs_inside_warmup, shared_runs, table_rows
 from lmrnn.significance import pairwise, summarise
 
 
@@ -63,3 +63,23 @@ def test_a_choice_at_the_edge_of_the_searched_range_is_flagged():
     report = report_markdown(tuned)
     assert "rnn's train.lr 0.028 is the highest value tried" in report and "gru's" not in report.split("edge")[1]
     assert "| rnn | train.lr 0.028 | 297.00 at 0.333 | 0 |" in report
+
+
+def test_a_first_rung_that_ends_inside_the_warm_up_is_flagged():
+    """The first tuned PTB comparison judged its rates at step 87 of a 200-step warm-up, where a
+    higher peak rate is simply further along: the report says so."""
+    tuned = results()
+    tuned["config"]["train.warmup_steps"] = 200
+    trials = [{"trial": k, "train.lr": lr, "val_ppl": 300.0, "budget": 1 / 3, "val_ppl_by_rung": [400.0, 300.0],
+               "steps_by_rung": [steps, 3 * steps]} for k, (lr, steps) in enumerate(((1e-3, 90), (1e-2, 87)))]
+    trials.append({"trial": 2, "train.lr": 3e-2, "val_ppl": None, "budget": 1 / 9, "val_ppl_by_rung": [None],
+                   "steps_by_rung": [None]})  # diverged: no steps
+    tuned["tuning"] = {"rnn": {"best": {"train.lr": 1e-2}, "best_trial": 1, "trials": trials}}
+    tuned["tuning_plan"] = {"knobs": [{"key": "train.lr", "low": 1e-4, "high": 3e-2, "log": True}], "trials": 3,
+                            "eta": 3, "rungs": [[1 / 3, 3]], "seed": 3}
+    assert rungs_inside_warmup(tuned) == ["rnn's at step 87 of a 200-step warm-up"]
+    assert "The first rung ended inside the warm-up" in report_markdown(tuned)
+    tuned["config"]["train.warmup_steps"] = 50
+    assert not rungs_inside_warmup(tuned) and "inside the warm-up" not in report_markdown(tuned)
+    del trials[0]["steps_by_rung"], trials[1]["steps_by_rung"]  # a search recorded before steps were
+    assert not rungs_inside_warmup(tuned)

@@ -95,6 +95,11 @@ def test_interrupt_then_resume_matches_an_uninterrupted_run(corpus_dir, tmp_path
     resumed = train(checkpoint.resume_config(tmp_path / "stopped", [], {}), tmp_path / "stopped", resume=True,
                     progress=QUIET)
     assert resumed["steps"] == 24
+    # the stop saved without validating: the resumed run validated where the straight one did
+    validations = [[r["step"] for r in checkpoint.read_metrics(tmp_path / name) if r.get("split") == "validation"]
+                   for name in ("straight", "stopped")]
+    assert validations[0] == validations[1] == [24]
+    assert stopped["best_val_ppl"] is None and stopped["test_ppl"] is None  # stopped before its first validation
     a = checkpoint.load_train_state(tmp_path / "straight")["model"]
     b = checkpoint.load_train_state(tmp_path / "stopped")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -133,7 +138,11 @@ def test_a_paused_run_is_untested_and_resumes_into_the_uninterrupted_run(corpus_
     assert paused["test_ppl"] is None and not [r for r in checkpoint.read_metrics(tmp_path / "paused") if r.get("split") == "test"]
     cfg = checkpoint.resume_config(tmp_path / "paused", [], {})
     assert train(cfg, tmp_path / "paused", resume=True, progress=QUIET, pause_at=2 / 3)["steps"] == 8
+    saved = checkpoint.load_train_state(tmp_path / "paused")
+    saved["elapsed_seconds"] += 1000.0  # as if the first sessions had taken 1000 s more
+    checkpoint.save_train_state(tmp_path / "paused", saved)
     resumed = train(cfg, tmp_path / "paused", resume=True, progress=QUIET)
+    assert resumed["wall_seconds"] > 1000.0  # the wall time of every session, not only the last
     assert (resumed["stopped_by"], resumed["steps"]) == ("budget", 12) and resumed["test_ppl"] == straight["test_ppl"]
     weights = [load_file(tmp_path / name / "model.safetensors") for name in ("straight", "paused")]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -80,7 +80,7 @@ class FakeTrainer:
         else:
             ppl = abs(math.log10(cfg["train.lr"]) + 2.5) * 100 + 100 / fraction
             summary = {"stopped_by": "budget" if fraction == 1.0 else "paused", "best_val_ppl": ppl,
-                       "budget_used": fraction}
+                       "budget_used": fraction, "steps": round(900 * fraction)}
         checkpoint.write_summary(run_dir, summary)
         return summary
 
@@ -96,6 +96,7 @@ def test_search_promotes_the_best_third_and_picks_on_validation(tmp_path):
     assert found["best"] == rung_one[0]
     assert all(resume for _, resume, f in trainer.calls if f > 1 / 9)  # promoted trials continue, not restart
     assert [len(t["val_ppl_by_rung"]) for t in found["trials"]].count(2) == 3
+    assert sorted(t["steps_by_rung"] for t in found["trials"]) == [[100]] * 6 + [[100, 300]] * 3
 
 
 def test_an_interrupted_search_continues_where_it_stopped(tmp_path):

@@ -50,8 +50,9 @@ def train(
                                    "test ppl", "test word ppl", "test bits/byte"],
                 [[summary["cell"], f"{summary['params']:,}", f"{summary['steps']:,}",
                   f"{summary['train_tokens_per_second']:,.0f}", duration(summary["wall_seconds"]),
-                  f"{summary['best_val_ppl']:.2f}", f"{summary['test_ppl']:.2f}",
-                  f"{summary['test_word_ppl']:.2f}", f"{summary['test_bits_per_byte']:.3f}"]])
+                  *(("–" if summary[key] is None else format(summary[key], spec)) for key, spec in (
+                      ("best_val_ppl", ".2f"), ("test_ppl", ".2f"), ("test_word_ppl", ".2f"),
+                      ("test_bits_per_byte", ".3f")))]])  # none before the first validation
     if summary["stopped_by"] in STOP_EXIT_CODES:
         stderr.print(f"stopped ({summary['stopped_by']}): continue with  lmrnn train --resume --out {run_dir}",
                      soft_wrap=True, highlight=False)
