@@ -138,12 +138,13 @@ def score_split(model: RNNLM, split: Split, batch_size: int, bptt: int,
 
 
 def figures(nll: float, split: Split) -> dict[str, float]:
-    return {"ppl": _exp(nll / split.tokens), "word_ppl": _exp(nll / split.words),
+    return {"ppl": perplexity(nll / split.tokens), "word_ppl": perplexity(nll / split.words),
             "bits_per_byte": nll / math.log(2) / split.bytes, "bits_per_char": nll / math.log(2) / split.characters}
 
 
-def _exp(value: float) -> float:
-    return math.exp(value) if value < 700 else math.inf
+def perplexity(loss: float) -> float:
+    """exp(loss), and inf where that overflows (a diverging run's loss can pass 709 nats and still be finite)."""
+    return math.exp(loss) if loss < 700 else math.inf
 
 
 def text_to_score(cfg: RunConfig, tokenizer: Tokenizer, data: str | None = None, split: str | None = None,
@@ -192,7 +193,7 @@ class LineScore:
 
     @property
     def ppl(self) -> float:
-        return _exp(-self.logprob / self.tokens)
+        return perplexity(-self.logprob / self.tokens)
 
     def as_dict(self) -> dict:
         return {**asdict(self), "ppl": self.ppl}

@@ -30,7 +30,7 @@ from lmrnn.config import RunConfig
 from lmrnn.console import TrainingProgress
 from lmrnn.data import Split, as_long
 from lmrnn.errors import Diverged
-from lmrnn.evaluate import score_split
+from lmrnn.evaluate import perplexity, score_split
 from lmrnn.models import detach_hidden, map_hidden
 from lmrnn.optimizer import guarded_step
 from lmrnn.regularizers import activation_penalty
@@ -201,7 +201,7 @@ class Trainer:
         state = self.state
         mean_loss, mean_norm = self.loss_sum / self.interval_steps, self.norm_sum / self.interval_steps
         speed = self.interval_tokens / (time.perf_counter() - self.interval_start)
-        ppl = math.exp(min(mean_loss, 700))
+        ppl = perplexity(mean_loss)
         self.record({"event": "train", "step": state.step, "epoch": round(self.epochs_done(), 4), "lr": lr,
                      "loss": mean_loss, "ppl": ppl, "grad_norm": mean_norm, "tokens_per_second": speed,
                      "tokens": state.tokens, "seconds": round(self.totals["train_seconds"], 3)})
@@ -241,11 +241,11 @@ class Trainer:
             self.report.line(f"step {state.step:>7} | validation stalled for {tc.asgd_patience} evaluations: "
                              f"averaging the weights from here on (NT-ASGD)")
         state.val_losses.append(loss)
-        self.record({"event": "eval", "split": "validation", "step": state.step, "loss": loss, "ppl": math.exp(loss),
+        self.record({"event": "eval", "split": "validation", "step": state.step, "loss": loss, "ppl": perplexity(loss),
                      "best": improved, "seconds": round(self.totals["train_seconds"], 3),
                      **({"averaged": True} if averaged else {})})
         self.report.line(f"step {state.step:>7} | epoch {self.epochs_done():5.2f} | val loss {loss:.3f} | "
-                         f"val ppl {math.exp(loss):8.2f}{' (averaged)' if averaged else ''}{' *' if improved else ''}")
+                         f"val ppl {perplexity(loss):8.2f}{' (averaged)' if averaged else ''}{' *' if improved else ''}")
         self.save(hidden)
 
     def save(self, hidden, totals: dict | None = None) -> None:

@@ -172,7 +172,8 @@ def search(settings: list[dict], trial_config: Callable[[dict], RunConfig], fold
                     return {"interrupted": summary["stopped_by"]}
             # steps reached at each rung: the report checks that the first came after the warm-up
             record.setdefault("steps", [None] * len(record["val_ppl"])).append(summary.get("steps"))
-            record["val_ppl"].append(summary["best_val_ppl"])
+            ppl = summary["best_val_ppl"]
+            record["val_ppl"].append(ppl if ppl is not None and math.isfinite(ppl) else None)  # overflowed: failed
             record["budget"] = fraction
             atomic_write(state_path, json.dumps(records, indent=2) + "\n")
         if rung + 1 < len(schedule):

@@ -255,6 +255,18 @@ def test_an_exploding_loss_is_reported(corpus_dir, tmp_path, monkeypatch):
     assert [(w["step"], w["message"]) for w in warnings] == [(12, "exploding loss")]
 
 
+def test_a_validation_loss_past_709_nats_reads_as_infinite_perplexity(corpus_dir, tmp_path, monkeypatch):
+    """A diverging but finite run (the PTB RNN at lr 9.3e-2) validated at a loss whose exp
+    overflows a float: the run goes on and reports an infinite perplexity instead of crashing."""
+    from lmrnn import loop
+
+    monkeypatch.setattr(loop, "score_split", lambda model, split, *args: (800.0 * split.tokens, split.tokens))
+    summary = train(tiny_cfg(corpus_dir, "train.max_steps=4"), tmp_path / "run", progress=QUIET)
+    validation = [r for r in checkpoint.read_metrics(tmp_path / "run") if r.get("split") == "validation"]
+    assert validation[-1]["loss"] == 800.0 and validation[-1]["ppl"] == math.inf
+    assert summary["best_val_ppl"] == math.inf and summary["steps"] == 4
+
+
 def lmrnn_process(*args):
     return subprocess.Popen([sys.executable, "-m", "lmrnn", *map(str, args)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)

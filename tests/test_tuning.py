@@ -66,8 +66,9 @@ class FakeTrainer:
     with more budget, best near lr 10^-2.5); writes the summary a trial would have; can be told
     to stop ("interrupt") at its n-th call or to diverge for some settings."""
 
-    def __init__(self, interrupt_at=None, diverge_above=None):
+    def __init__(self, interrupt_at=None, diverge_above=None, overflow_above=None):
         self.calls, self.interrupt_at, self.diverge_above = [], interrupt_at, diverge_above
+        self.overflow_above = overflow_above  # a finite loss whose perplexity overflows: inf
 
     def __call__(self, cfg, run_dir, resume, fraction):
         self.calls.append((run_dir.name, resume, fraction))
@@ -79,6 +80,7 @@ class FakeTrainer:
             summary = {"stopped_by": "interrupt", "best_val_ppl": 1.0, "budget_used": fraction / 2}
         else:
             ppl = abs(math.log10(cfg["train.lr"]) + 2.5) * 100 + 100 / fraction
+            ppl = math.inf if self.overflow_above and cfg["train.lr"] > self.overflow_above else ppl
             summary = {"stopped_by": "budget" if fraction == 1.0 else "paused", "best_val_ppl": ppl,
                        "budget_used": fraction, "steps": round(900 * fraction)}
         checkpoint.write_summary(run_dir, summary)
@@ -119,5 +121,7 @@ def test_diverged_trials_rank_last_and_a_search_where_all_diverge_says_so(tmp_pa
     failed = [t for t in found["trials"] if t["val_ppl"] is None]
     assert failed and all(t["train.lr"] > 1e-2 for t in failed) and found["best"]["train.lr"] <= 1e-2
     assert checkpoint.read_summary(tmp_path / "some" / f"trial{failed[0]['trial']}")["stopped_by"] == "diverged"
+    overflowed = search(settings, lambda s: s, tmp_path / "inf", FakeTrainer(overflow_above=1e-2))
+    assert [t["val_ppl"] for t in overflowed["trials"]] == [t["val_ppl"] for t in found["trials"]]  # failed alike
     with pytest.raises(UserError, match="every trial .* diverged"):
         search(settings, lambda s: s, tmp_path / "all", FakeTrainer(diverge_above=1e-9))
