@@ -199,7 +199,8 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, progres
     # other work's share of the machine's CPU time while this run trained (0 = it had the cores to itself)
     others = (state.machine_cpu_seconds - state.cpu_seconds) / max(state.elapsed_seconds * (os.cpu_count() or 1), 1e-9)
     result = summary(run_dir, cfg, model, steps=state.step, epochs=trainer.epochs_done(), tokens=state.tokens,
-                     seconds=state.train_seconds, wall_start=wall_start, best_val_ppl=perplexity(state.best_val_loss) if validated else None,
+                     seconds=state.train_seconds, wall_start=wall_start,
+                     best_val_ppl=perplexity(state.best_val_loss) if validated else None,
                      test=test, lr=tc.lr, skipped_steps=state.bad_steps, budget_used=round(budget_used, 6),
                      stopped_by=trainer.stopped_by or ("paused" if untested else "budget"),
                      cpu_seconds=round(state.cpu_seconds, 2),
