@@ -23,9 +23,10 @@ figure depends on an evaluation batch. The two never run at once (they would slo
 
 Several --minutes give the curve of budget against test perplexity (a PNG beside the JSON).
 Each finished row (cell, minutes, lmrnn's config and -s overrides) is written to the JSON at once
-and skipped when the same command runs again, so an hour-long curve can be finished in parts; a
-bare figure already in the JSON for the cell and budget serves a new lmrnn configuration (the
-bare loop does not depend on it), so trying one costs only lmrnn's minutes. Prints a table and writes
+and skipped when the same command runs again, so an hour-long curve can be finished in parts. The
+bare figures are written as soon as the bare run ends, and one already in the JSON for the cell
+and budget serves every lmrnn configuration (the bare loop does not depend on it), so trying a
+new one costs only lmrnn's minutes. Prints a table and writes
 benchmarks/results/bare-vs-lmrnn-<minutes>min[-sgd][-tuned].json.
 """
 
@@ -232,9 +233,20 @@ def main() -> None:
         ("-tuned" if args.tuned else "")
     out = ROOT / "benchmarks" / "results" / f"bare-vs-lmrnn-{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    rows = json.loads(out.read_text())["rows"] if out.is_file() else []
-    bare_results: dict[tuple[str, float], dict] = {}
+    saved = json.loads(out.read_text()) if out.is_file() else {}
+    rows = saved.get("rows", [])
+    # bare figures are kept as soon as measured: an hour-long bare run outlives an interrupted lmrnn row
+    bare_results = {(b["cell"], b["minutes"]): b["bare"] for b in saved.get("bare_runs", [])}
+    bare_results.update({(r["cell"], r["minutes"]): r["bare"] for r in rows})
     asked = []  # this command's rows, for the plot
+
+    def write() -> None:
+        out.write_text(json.dumps({
+            "rows": rows, "bare_runs": [{"cell": c, "minutes": m, "bare": b} for (c, m), b in sorted(bare_results.items())],
+            "bare_optimizer": args.bare, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "machine": platform.machine(), "cores": os.cpu_count(),
+            "command": "python benchmarks/bare_vs_lmrnn.py " + " ".join(sys.argv[1:])}, indent=2) + "\n")
+
     for minutes in args.minutes:
         for cell in args.cells:
             config = cell_config(args, cell, minutes)
@@ -245,20 +257,16 @@ def main() -> None:
             if done:
                 row = done[0]
             else:
-                bare_results.update({(r["cell"], r["minutes"]): r["bare"] for r in rows})
                 if (cell, minutes) not in bare_results:  # one bare run serves every budget still owed
                     owed = [m for m in args.minutes if (cell, m) not in bare_results]
                     bare_results.update({(cell, m): result for m, result in bare_loop(cell, owed, args.bare).items()})
+                    write()
                 bare = bare_results[(cell, minutes)]
                 mine = lmrnn_run(cell, minutes, config, args.overrides,
                                  ROOT / "checkpoints" / f"bare-vs-lmrnn-{minutes:g}min-{cell}")
                 row = {"cell": cell, "minutes": minutes, "overrides": args.overrides, "bare": bare, "lmrnn": mine}
                 rows.append(row)
-                out.write_text(json.dumps({
-                    "rows": rows, "bare_optimizer": args.bare,
-                    "date": datetime.date.today().isoformat(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads(), "machine": platform.machine(), "cores": os.cpu_count(),
-                    "command": "python benchmarks/bare_vs_lmrnn.py " + " ".join(sys.argv[1:])}, indent=2) + "\n")
+                write()
             asked.append(row)
             bare, mine = row["bare"], row["lmrnn"]
             print(f"{cell:<5} {minutes:>4g} min | bare ({args.bare}) test word ppl {bare['test_word_ppl']:8.2f} "
