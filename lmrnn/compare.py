@@ -184,6 +184,7 @@ def compare(cfg: RunConfig, cells: list[str], seeds: list[int], match: str, out:
                 with progress.run(f"{cell} seed {seed} ({size})") as report:
                     summary = train(run_cfg, run_dir, resume=resume, overwrite=not resume, progress=report)
             else:
+                _check_chosen(run_dir, tuning.get(cell, {}).get("best", {}))
                 progress.line(f"{run_dir.name}: finished earlier, kept")
             progress.finished()
             summaries.append({**summary, "seed": seed, "hidden_size": hidden.get(cell), "compared_as": cell})
@@ -240,6 +241,16 @@ def _claim(out: Path, request: dict, overwrite: bool) -> None:
         raise UserError(f"{out} is not empty and holds no comparison; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(saved_path, json.dumps(request, indent=2) + "\n")
+
+
+def _check_chosen(run_dir: Path, chosen: dict) -> None:
+    """A finished run is kept only if it trained the setting the search chose: a search resumed
+    with another plan (or another lmrnn) can choose differently from the one the run was made for."""
+    trained = flatten(checkpoint.read_config(run_dir))
+    differ = [f"{key} {trained[key]:g}, now {value:g}" for key, value in chosen.items() if trained[key] != value]
+    if differ:
+        raise UserError(f"{run_dir} trained a setting the search no longer chooses ({'; '.join(differ)}); "
+                        "remove that run folder to train it again, or use --overwrite")
 
 
 STATS = {"best_val_ppl": "best val ppl", "test_ppl": "test ppl", "test_word_ppl": "test word ppl",

@@ -107,6 +107,16 @@ def test_compare_tunes_each_cell_on_validation_then_trains_every_seed(tmp_path):
     with pytest.raises(UserError, match="different settings.*tune"):
         compare(tiny_cfg(corpus, steps=9), ["rnn", "gru"], [1, 2], "hidden", out, trials=3,
                 knobs=parse_knobs(["train.lr=1e-3:1e-2"], cfg), progress=ComparisonProgress(12, enabled=False))
+    # a search that now chooses another setting (its records edited here) keeps no run made for the old one
+    search_path = out / "tuning" / "gru" / "search.json"
+    records = json.loads(search_path.read_text())
+    rival = next(r for r in records if len(r["val_ppl"]) == 2 and r["trial"] != chosen["trial"])
+    rival["val_ppl"][-1] = 0.5
+    search_path.write_text(json.dumps(records))
+    with pytest.raises(UserError, match=r"gru-seed1 trained a setting the search no longer chooses \(train.lr"):
+        compare(tiny_cfg(corpus, steps=9), ["rnn", "gru"], [1, 2], "hidden", out, knobs=knobs, trials=6,
+                progress=ComparisonProgress(20, enabled=False))
+    assert checkpoint.read_config(out / "gru-seed1").train.lr == chosen["train.lr"]  # left as it was
 
 
 def test_aggregate_mean_and_sample_sd():

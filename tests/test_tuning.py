@@ -10,11 +10,11 @@ from lmrnn.tuning import SEARCH, Knob, candidates, parse_knobs, rungs, search
 
 
 def test_rungs_of_successive_halving():
-    # a last rung of one trial is skipped: the best of the rung before is chosen
-    assert rungs(9) == [(1 / 9, 9), (1 / 3, 3)]
-    assert rungs(27)[0] == (1 / 27, 27) and [n for _, n in rungs(27)] == [27, 9, 3]
-    assert rungs(8) == [(1 / 3, 8), (1.0, 2)]  # two reach the full budget; the better is chosen
-    assert rungs(3) == [(1 / 3, 3)]
+    # two trials reach the full budget, where the better is chosen
+    assert rungs(9) == [(1 / 9, 9), (1 / 3, 3), (1.0, 2)]
+    assert rungs(27)[0] == (1 / 27, 27) and [n for _, n in rungs(27)] == [27, 9, 3, 2]
+    assert rungs(8) == [(1 / 3, 8), (1.0, 2)]
+    assert rungs(3) == [(1 / 3, 3), (1.0, 2)]
     assert rungs(2) == [(1.0, 2)] and rungs(1) == [(1.0, 1)]  # too few to halve: a plain search
 
 
@@ -91,14 +91,16 @@ def test_search_promotes_the_best_third_and_picks_on_validation(tmp_path):
     settings = candidates([Knob("train.lr", 1e-4, 1e-1, True, False)], 9, seed=0)
     trainer = FakeTrainer()
     found = search(settings, lambda s: s, tmp_path, trainer)
-    assert [fraction for _, _, fraction in trainer.calls] == [1 / 9] * 9 + [1 / 3] * 3
+    assert [fraction for _, _, fraction in trainer.calls] == [1 / 9] * 9 + [1 / 3] * 3 + [1.0] * 2
     rung_one = sorted(settings, key=lambda s: abs(math.log10(s["train.lr"]) + 2.5))[:3]
     assert sorted(name for name, _, f in trainer.calls if f == 1 / 3) == \
         sorted(f"trial{settings.index(s)}" for s in rung_one)
+    assert sorted(name for name, _, f in trainer.calls if f == 1.0) == \
+        sorted(f"trial{settings.index(s)}" for s in rung_one[:2])  # the best two go on to the full budget
     assert found["best"] == rung_one[0]
     assert all(resume for _, resume, f in trainer.calls if f > 1 / 9)  # promoted trials continue, not restart
-    assert [len(t["val_ppl_by_rung"]) for t in found["trials"]].count(2) == 3
-    assert sorted(t["steps_by_rung"] for t in found["trials"]) == [[100]] * 6 + [[100, 300]] * 3
+    assert sorted(len(t["val_ppl_by_rung"]) for t in found["trials"]) == [1] * 6 + [2] + [3] * 2
+    assert sorted(t["steps_by_rung"] for t in found["trials"]) == [[100]] * 6 + [[100, 300]] + [[100, 300, 900]] * 2
 
 
 def test_an_interrupted_search_continues_where_it_stopped(tmp_path):
@@ -108,7 +110,7 @@ def test_an_interrupted_search_continues_where_it_stopped(tmp_path):
     second = FakeTrainer()
     found = search(settings, lambda s: s, tmp_path, second)
     # the ten trainings decided before the stop are not repeated; the interrupted one resumes
-    assert len(second.calls) == 2 and second.calls[0] == (first.calls[-1][0], True, 1 / 3)
+    assert len(second.calls) == 4 and second.calls[0] == (first.calls[-1][0], True, 1 / 3)
     assert found == search(settings, lambda s: s, tmp_path / "straight", FakeTrainer())
     with pytest.raises(UserError, match="search over other settings"):
         search(settings[:3], lambda s: s, tmp_path, FakeTrainer())
