@@ -14,8 +14,8 @@ the rungs of Li et al. 2018's Hyperband bracket) then spends the budget:
 
 At least two trials reach the full budget, and the better there is chosen: a ranking at 1/3 of
 the budget does not hold at its end. In the 800-step PTB comparison the LSTM's rates 2.1e-2 and
-2.8e-2 were level at 1/3 (validation 204.0 and 203.6), and with the first chosen the LSTM's test
-perplexity would have been 122 instead of 135 (docs/results.md). N = 9: 9 trials train to 1/9 of
+2.8e-2 were level at 1/3 (validation 204.0 and 203.6), and at the end 2.1e-2 was ahead (test
+122 against 135 on seed 1; docs/results.md). N = 9: 9 trials train to 1/9 of
 the budget, 3 to 1/3 and 2 to the end: three full budgets per cell.
 
 A trial is paused at its rung, not restarted: its learning-rate schedule is the whole
