@@ -4,6 +4,7 @@
         [--config configs/small.yaml] [--preset 60=configs/ptb-cpu.yaml] [-s key=value ...]
     python benchmarks/bare_vs_lmrnn.py --minutes 8 --tuned comparisons/ptb-tuned
     python benchmarks/bare_vs_lmrnn.py --minutes 8,15,30,60 --cells lstm     # the budget curve
+    python benchmarks/bare_vs_lmrnn.py --minutes 8,15,30,60 --cells lstm --bare sgd --bare-only
 
 The bare loop is the 60 lines a user would write from pytorch/examples' word_language_model:
 PTB's own words (one id each, <eos> per line), batch 20 x bptt 35, embedding -> 2-layer
@@ -26,7 +27,8 @@ Each finished row (cell, minutes, lmrnn's config and -s overrides) is written to
 and skipped when the same command runs again, so an hour-long curve can be finished in parts. The
 bare figures are written as soon as the bare run ends, and one already in the JSON for the cell
 and budget serves every lmrnn configuration (the bare loop does not depend on it), so trying a
-new one costs only lmrnn's minutes. Prints a table and writes
+new one costs only lmrnn's minutes. --bare-only measures the bare loop alone; a curve draws the
+other optimizer's bare figures from their file too. Prints a table and writes
 benchmarks/results/bare-vs-lmrnn-<minutes>min[-sgd][-tuned].json.
 """
 
@@ -195,18 +197,26 @@ def cell_config(args: argparse.Namespace, cell: str, minutes: float) -> Path:
     return args.preset.get(minutes, args.config)
 
 
-def plot_curve(rows: list[dict], bare_optimizer: str, path: Path) -> None:
+def plot_curve(rows: list[dict], bare_optimizer: str, other_bare: dict, path: Path) -> None:
+    """lmrnn and the bare loop against minutes, per cell; `other_bare` {(cell, minutes): figures}
+    is the other bare optimizer's, from its own JSON, drawn dotted where it exists."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    other_name = "sgd" if bare_optimizer == "adamw" else "adamw"
     for cell in sorted({r["cell"] for r in rows}):
         mine = sorted((r["minutes"], r["lmrnn"]["test_word_ppl"], r["bare"]["test_word_ppl"]) for r in rows if r["cell"] == cell)
         line, = ax.plot([m for m, _, _ in mine], [p for _, p, _ in mine], "o-", label=f"{cell}, lmrnn")
         ax.plot([m for m, _, _ in mine], [b for _, _, b in mine], "s--", color=line.get_color(),
                 label=f"{cell}, bare loop ({bare_optimizer})")
+        other = sorted((m, b["test_word_ppl"]) for (c, m), b in other_bare.items() if c == cell)
+        if other:
+            ax.plot([m for m, _ in other], [b for _, b in other], "^:", color=line.get_color(),
+                    label=f"{cell}, bare loop ({other_name})")
     ax.set_xscale("log")
+    ax.minorticks_off()  # the log axis's minor labels ("9x10^0") would crowd the budgets
     ax.set_xticks(sorted({r["minutes"] for r in rows}), [f"{m:g}" for m in sorted({r["minutes"] for r in rows})])
     ax.set_xlabel("training minutes (2 CPU cores)")
     ax.set_ylabel("PTB test word perplexity (one stream)")
@@ -226,6 +236,8 @@ def main() -> None:
     parser.add_argument("--preset", action="append", default=[], metavar="MINUTES=PATH",
                         help="the preset lmrnn trains from at this budget (repeatable)")
     parser.add_argument("--tuned", type=Path, help="a `compare --tune` folder: train each cell as it chose")
+    parser.add_argument("--bare-only", action="store_true",
+                        help="run only the bare loop (its figures then draw on the other optimizer's curve)")
     parser.add_argument("-s", "--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     args.preset = {float(m): Path(p) for m, _, p in (item.partition("=") for item in args.preset)}
@@ -247,6 +259,16 @@ def main() -> None:
             "threads": torch.get_num_threads(), "machine": platform.machine(), "cores": os.cpu_count(),
             "command": "python benchmarks/bare_vs_lmrnn.py " + " ".join(sys.argv[1:])}, indent=2) + "\n")
 
+    if args.bare_only:
+        for cell in args.cells:
+            owed = [m for m in args.minutes if (cell, m) not in bare_results]
+            bare_results.update({(cell, m): result for m, result in bare_loop(cell, owed, args.bare).items()})
+            write()
+            for m in args.minutes:
+                bare = bare_results[(cell, m)]
+                print(f"{cell:<5} {m:>4g} min | bare ({args.bare}) test word ppl {bare['test_word_ppl']:8.2f} "
+                      f"in {bare['steps']:,} steps", flush=True)
+        return
     for minutes in args.minutes:
         for cell in args.cells:
             config = cell_config(args, cell, minutes)
@@ -274,7 +296,10 @@ def main() -> None:
                   f"(hidden {mine.get('hidden_size', 256)}, lr {mine['lr']:g}, {mine.get('config', 'configs/small.yaml')}) "
                   f"| lmrnn / bare {mine['test_word_ppl'] / bare['test_word_ppl']:.3f}", flush=True)
     if len(args.minutes) > 1:
-        plot_curve(asked, args.bare, out.with_suffix(".png"))
+        other_path = out.with_name(out.name.replace("-sgd", "") if args.bare == "sgd" else
+                                   out.name.replace("min", "min-sgd", 1))
+        other = json.loads(other_path.read_text()).get("bare_runs", []) if other_path.is_file() else []
+        plot_curve(asked, args.bare, {(b["cell"], b["minutes"]): b["bare"] for b in other}, out.with_suffix(".png"))
 
 
 if __name__ == "__main__":
