@@ -259,11 +259,15 @@ def main() -> None:
             "threads": torch.get_num_threads(), "machine": platform.machine(), "cores": os.cpu_count(),
             "command": "python benchmarks/bare_vs_lmrnn.py " + " ".join(sys.argv[1:])}, indent=2) + "\n")
 
+    def measure_bare(cell: str) -> None:
+        """One bare run serves every budget of `cell` still owed."""
+        owed = [m for m in args.minutes if (cell, m) not in bare_results]
+        bare_results.update({(cell, m): result for m, result in bare_loop(cell, owed, args.bare).items()})
+        write()
+
     if args.bare_only:
         for cell in args.cells:
-            owed = [m for m in args.minutes if (cell, m) not in bare_results]
-            bare_results.update({(cell, m): result for m, result in bare_loop(cell, owed, args.bare).items()})
-            write()
+            measure_bare(cell)
             for m in args.minutes:
                 bare = bare_results[(cell, m)]
                 print(f"{cell:<5} {m:>4g} min | bare ({args.bare}) test word ppl {bare['test_word_ppl']:8.2f} "
@@ -279,10 +283,8 @@ def main() -> None:
             if done:
                 row = done[0]
             else:
-                if (cell, minutes) not in bare_results:  # one bare run serves every budget still owed
-                    owed = [m for m in args.minutes if (cell, m) not in bare_results]
-                    bare_results.update({(cell, m): result for m, result in bare_loop(cell, owed, args.bare).items()})
-                    write()
+                if (cell, minutes) not in bare_results:
+                    measure_bare(cell)
                 bare = bare_results[(cell, minutes)]
                 mine = lmrnn_run(cell, minutes, config, args.overrides,
                                  ROOT / "checkpoints" / f"bare-vs-lmrnn-{minutes:g}min-{cell}")
