@@ -197,6 +197,20 @@ def cell_config(args: argparse.Namespace, cell: str, minutes: float) -> Path:
     return args.preset.get(minutes, args.config)
 
 
+def results_path(args: argparse.Namespace, bare_optimizer: str) -> Path:
+    tag = "-".join(f"{m:g}" for m in args.minutes) + "min" + ("-sgd" if bare_optimizer == "sgd" else "") + \
+        ("-tuned" if args.tuned else "")
+    return ROOT / "benchmarks" / "results" / f"bare-vs-lmrnn-{tag}.json"
+
+
+def read_bare(path: Path) -> dict[tuple[str, float], dict]:
+    """{(cell, minutes): bare figures} saved in `path`: kept as soon as measured (an hour-long bare
+    run outlives an interrupted lmrnn row), and in each row."""
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    bare = {(b["cell"], b["minutes"]): b["bare"] for b in saved.get("bare_runs", [])}
+    return {**bare, **{(r["cell"], r["minutes"]): r["bare"] for r in saved.get("rows", [])}}
+
+
 def plot_curve(rows: list[dict], bare_optimizer: str, other_bare: dict, path: Path) -> None:
     """lmrnn and the bare loop against minutes, per cell; `other_bare` {(cell, minutes): figures}
     is the other bare optimizer's, from its own JSON, drawn dotted where it exists."""
@@ -241,15 +255,10 @@ def main() -> None:
     parser.add_argument("-s", "--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     args.preset = {float(m): Path(p) for m, _, p in (item.partition("=") for item in args.preset)}
-    tag = "-".join(f"{m:g}" for m in args.minutes) + "min" + ("-sgd" if args.bare == "sgd" else "") + \
-        ("-tuned" if args.tuned else "")
-    out = ROOT / "benchmarks" / "results" / f"bare-vs-lmrnn-{tag}.json"
+    out = results_path(args, args.bare)
     out.parent.mkdir(parents=True, exist_ok=True)
-    saved = json.loads(out.read_text()) if out.is_file() else {}
-    rows = saved.get("rows", [])
-    # bare figures are kept as soon as measured: an hour-long bare run outlives an interrupted lmrnn row
-    bare_results = {(b["cell"], b["minutes"]): b["bare"] for b in saved.get("bare_runs", [])}
-    bare_results.update({(r["cell"], r["minutes"]): r["bare"] for r in rows})
+    rows = json.loads(out.read_text())["rows"] if out.is_file() else []
+    bare_results = read_bare(out)
     asked = []  # this command's rows, for the plot
 
     def write() -> None:
@@ -298,10 +307,8 @@ def main() -> None:
                   f"(hidden {mine.get('hidden_size', 256)}, lr {mine['lr']:g}, {mine.get('config', 'configs/small.yaml')}) "
                   f"| lmrnn / bare {mine['test_word_ppl'] / bare['test_word_ppl']:.3f}", flush=True)
     if len(args.minutes) > 1:
-        other_path = out.with_name(out.name.replace("-sgd", "") if args.bare == "sgd" else
-                                   out.name.replace("min", "min-sgd", 1))
-        other = json.loads(other_path.read_text()).get("bare_runs", []) if other_path.is_file() else []
-        plot_curve(asked, args.bare, {(b["cell"], b["minutes"]): b["bare"] for b in other}, out.with_suffix(".png"))
+        other = read_bare(results_path(args, "sgd" if args.bare == "adamw" else "adamw"))
+        plot_curve(asked, args.bare, other, out.with_suffix(".png"))
 
 
 if __name__ == "__main__":
