@@ -27,9 +27,10 @@ Each finished row (cell, minutes, lmrnn's config and -s overrides) is written to
 and skipped when the same command runs again, so an hour-long curve can be finished in parts. The
 bare figures are written as soon as the bare run ends, and one already in the JSON for the cell
 and budget serves every lmrnn configuration (the bare loop does not depend on it), so trying a
-new one costs only lmrnn's minutes. --bare-only measures the bare loop alone; a curve draws the
-other optimizer's bare figures from their file too. Prints a table and writes
-benchmarks/results/bare-vs-lmrnn-<minutes>min[-sgd][-tuned].json.
+new one costs only lmrnn's minutes. The machine's speed moves by the day, so --out NEW.json
+measures both again, side by side on one day. --bare-only measures the bare loop alone; a curve
+draws the other optimizer's bare figures from their file too. Prints a table and writes
+benchmarks/results/bare-vs-lmrnn-<minutes>min[-sgd][-tuned].json (or --out).
 """
 
 from __future__ import annotations
@@ -174,6 +175,9 @@ def lmrnn_run(cell: str, minutes: float, config: Path, overrides: list[str], out
         cfg = load_config(config, ["tokenizer.model_type=word", "tokenizer.vocab_size=0", *limits, *overrides],
                           {"data.source": str(PTB), "model.cell": cell})
     summary = train(cfg, out, overwrite=True)
+    if summary["stopped_by"] != "budget":  # a stop signal: not this budget's figure, so no row
+        raise SystemExit(f"lmrnn's {minutes:g}-minute {cell} run stopped ({summary['stopped_by']}); "
+                         "the same command runs it again")
     test = evaluate_run(out, "test", device="cpu", batch_size=1)  # one stream, as for the bare loop
     return {"steps": summary["steps"], "epochs": summary["epochs"], "train_seconds": summary["train_seconds"],
             "best_val_ppl": summary["best_val_ppl"], "test_word_ppl": test.word_ppl,
@@ -252,10 +256,12 @@ def main() -> None:
     parser.add_argument("--tuned", type=Path, help="a `compare --tune` folder: train each cell as it chose")
     parser.add_argument("--bare-only", action="store_true",
                         help="run only the bare loop (its figures then draw on the other optimizer's curve)")
+    parser.add_argument("--out", type=Path, help="the results JSON (default: named by the budgets); a new "
+                        "file measures the bare loop again, side by side with lmrnn on the same day")
     parser.add_argument("-s", "--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     args.preset = {float(m): Path(p) for m, _, p in (item.partition("=") for item in args.preset)}
-    out = results_path(args, args.bare)
+    out = args.out or results_path(args, args.bare)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = json.loads(out.read_text())["rows"] if out.is_file() else []
     bare_results = read_bare(out)

@@ -341,7 +341,7 @@ def test_sigterm_saves_and_exits_143_and_the_run_resumes(corpus_dir, tmp_path):
     assert json.loads((run / "summary.json").read_text())["steps"] == 150
 
 
-@pytest.mark.parametrize("preset", ["ptb-cpu.yaml", "ptb-awd-lstm.yaml"])
+@pytest.mark.parametrize("preset", ["ptb-10min.yaml", "ptb-cpu.yaml", "ptb-awd-lstm.yaml"])
 def test_the_ptb_presets_train_at_a_small_size(corpus_dir, tmp_path, preset):
     """Every technique the presets switch on runs together (shrunk to seconds on the CPU)."""
     cfg = load_config(REPO / "configs" / preset, [
