@@ -227,6 +227,10 @@ def plot_curve(rows: list[dict], bare_optimizer: str, other_bare: dict, path: Pa
     for cell in sorted({r["cell"] for r in rows}):
         mine = sorted((r["minutes"], r["lmrnn"]["test_word_ppl"], r["bare"]["test_word_ppl"]) for r in rows if r["cell"] == cell)
         line, = ax.plot([m for m, _, _ in mine], [p for _, p, _ in mine], "o-", label=f"{cell}, lmrnn")
+        for r in rows:  # each point names its preset: the preset may follow the budget
+            if r["cell"] == cell:
+                ax.annotate(Path(r["lmrnn"].get("config", "small.yaml")).stem, (r["minutes"], r["lmrnn"]["test_word_ppl"]),
+                            textcoords="offset points", xytext=(0, 7), ha="center", fontsize=7)
         ax.plot([m for m, _, _ in mine], [b for _, _, b in mine], "s--", color=line.get_color(),
                 label=f"{cell}, bare loop ({bare_optimizer})")
         other = sorted((m, b["test_word_ppl"]) for (c, m), b in other_bare.items() if c == cell)
@@ -234,6 +238,7 @@ def plot_curve(rows: list[dict], bare_optimizer: str, other_bare: dict, path: Pa
             ax.plot([m for m, _ in other], [b for _, b in other], "^:", color=line.get_color(),
                     label=f"{cell}, bare loop ({other_name})")
     ax.set_xscale("log")
+    ax.margins(x=0.08, y=0.1)  # room for the preset names
     ax.minorticks_off()  # the log axis's minor labels ("9x10^0") would crowd the budgets
     ax.set_xticks(sorted({r["minutes"] for r in rows}), [f"{m:g}" for m in sorted({r["minutes"] for r in rows})])
     ax.set_xlabel("training minutes (2 CPU cores)")

@@ -53,8 +53,8 @@ def test_matches_the_reference_in_outputs_states_and_gradients(cell):
     torch.testing.assert_close(new_state, ref_state, rtol=0, atol=1e-5)
     grads = torch.autograd.grad((out ** 2).sum(), list(layer.parameters()))
     ref_grads = torch.autograd.grad((ref_out ** 2).sum(), list(layer.parameters()))
-    for g, r in zip(grads, ref_grads):
-        torch.testing.assert_close(g, r, rtol=0, atol=1e-5)
+    for g, r in zip(grads, ref_grads):  # gradients reach ~10: float32 agrees to ~1e-6 of that, not 1e-5 absolute
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
 
 
 def test_the_compiled_step_of_the_cuda_path_equals_the_plain_step():
