@@ -225,13 +225,13 @@ def plot_curve(rows: list[dict], bare_optimizer: str, other_bare: dict, path: Pa
     fig, ax = plt.subplots(figsize=(6, 4))
     other_name = "sgd" if bare_optimizer == "adamw" else "adamw"
     for cell in sorted({r["cell"] for r in rows}):
-        mine = sorted((r["minutes"], r["lmrnn"]["test_word_ppl"], r["bare"]["test_word_ppl"]) for r in rows if r["cell"] == cell)
-        line, = ax.plot([m for m, _, _ in mine], [p for _, p, _ in mine], "o-", label=f"{cell}, lmrnn")
-        for r in rows:  # each point names its preset: the preset may follow the budget
-            if r["cell"] == cell:
-                ax.annotate(Path(r["lmrnn"].get("config", "small.yaml")).stem, (r["minutes"], r["lmrnn"]["test_word_ppl"]),
-                            textcoords="offset points", xytext=(0, 7), ha="center", fontsize=7)
-        ax.plot([m for m, _, _ in mine], [b for _, _, b in mine], "s--", color=line.get_color(),
+        mine = sorted((r for r in rows if r["cell"] == cell), key=lambda r: r["minutes"])
+        minutes = [r["minutes"] for r in mine]
+        line, = ax.plot(minutes, [r["lmrnn"]["test_word_ppl"] for r in mine], "o-", label=f"{cell}, lmrnn")
+        for r in mine:  # each point names its preset: the preset may follow the budget
+            ax.annotate(Path(r["lmrnn"].get("config", "small.yaml")).stem, (r["minutes"], r["lmrnn"]["test_word_ppl"]),
+                        textcoords="offset points", xytext=(0, 7), ha="center", fontsize=7)
+        ax.plot(minutes, [r["bare"]["test_word_ppl"] for r in mine], "s--", color=line.get_color(),
                 label=f"{cell}, bare loop ({bare_optimizer})")
         other = sorted((m, b["test_word_ppl"]) for (c, m), b in other_bare.items() if c == cell)
         if other:
