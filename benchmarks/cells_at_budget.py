@@ -1,7 +1,7 @@
 """Cells side by side at one budget in minutes: each trains from the same preset at its default
 rate, and PTB test is read as one stream (batch 1), as bare_vs_lmrnn.py scores lmrnn.
 
-    python benchmarks/cells_at_budget.py --minutes 30 --cells lstm,gru --config configs/ptb-10min.yaml \
+    python benchmarks/cells_at_budget.py --minutes 15 --cells lstm,gru --config configs/ptb-10min.yaml \
         --reuse benchmarks/results/bare-vs-lmrnn-8-15-30-60min.json
 
 It asks whether the LSTM catches up with the GRU given more than the tuned comparison's two
